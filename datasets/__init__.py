@@ -1,0 +1,21 @@
+"""Dataset registry: ``data.name`` in a config selects a dataset class by name."""
+
+from __future__ import annotations
+
+import importlib
+
+from utils.errors import UserError
+
+DATASETS = {
+    "synthetic_shapes": "datasets.synthetic_shapes:SyntheticShapes",
+}
+
+
+def get_dataset(name: str):
+    """The dataset class registered as ``name``."""
+    if name not in DATASETS:
+        raise UserError(
+            f"unknown dataset name '{name}'; valid names: {sorted(DATASETS)}"
+        )
+    module, cls = DATASETS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

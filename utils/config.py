@@ -1,0 +1,193 @@
+"""Configuration: defaults in code, a YAML file on top, ``key.sub=value`` overrides last.
+
+A config is a nested dict of plain containers (dict, list, str, int, float, bool, None) with the
+sections ``data``, ``model``, ``loss``, ``train`` and ``eval``. Merging is strict:
+
+* a key absent from the defaults is an error naming the key and the closest valid one;
+* a value whose type does not match the default's is an error (ints are accepted for floats,
+  a ``None`` default accepts anything, and a default of ``{}`` is an open mapping whose keys are
+  not checked, for free-form parameter tables).
+
+Merging never mutates its inputs, so module-level ``default_conf`` dicts stay intact.
+
+Example:
+    >>> defaults = {"train": {"lr": 1e-3, "batch_size": 64}}
+    >>> merge_config(defaults, {"train": {"lr": 1e-4}})
+    {'train': {'lr': 0.0001, 'batch_size': 64}}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from utils.errors import UserError
+
+Config = dict[str, Any]
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(default: Any, value: Any, path: str) -> Any:
+    """Return ``value`` if it may replace ``default``, else raise :class:`UserError`."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        value = list(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(
+            f"config key '{path}' expects {_type_name(default)} "
+            f"(default {default!r}), got {_type_name(value)} {value!r}"
+        )
+    return value
+
+
+def merge_config(
+    defaults: Mapping, overrides: Mapping | None, prefix: str = ""
+) -> Config:
+    """Strictly merge ``overrides`` into a deep copy of ``defaults`` (see module docstring)."""
+    result = copy.deepcopy(dict(defaults))
+    if overrides is None:
+        return result
+    if not isinstance(overrides, Mapping):
+        raise UserError(
+            f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, "
+            f"got {_type_name(overrides)}"
+        )
+    open_mapping = len(defaults) == 0
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if key not in defaults:
+            if open_mapping:
+                result[key] = copy.deepcopy(value)
+                continue
+            close = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise UserError(f"unknown config key '{path}'{hint}")
+        default = defaults[key]
+        if isinstance(default, Mapping) and default and value is not None:
+            result[key] = merge_config(default, value, prefix=f"{path}.")
+        elif isinstance(default, Mapping) and value is not None:
+            if not isinstance(value, Mapping):
+                raise UserError(f"config key '{path}' expects a mapping, got {value!r}")
+            result[key] = copy.deepcopy(dict(value))
+        else:
+            result[key] = _check_type(default, copy.deepcopy(value), path)
+    return result
+
+
+def parse_overrides(items: Sequence[str]) -> Config:
+    """Turn ``["train.lr=1e-4", "data.primitives=[star,cube]"]`` into a nested dict.
+
+    Values are parsed with ``yaml.safe_load`` so numbers, booleans, ``null`` and lists work.
+    """
+    tree: Config = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"override '{item}' has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise UserError(f"override '{item}': cannot parse value: {err}") from None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}' conflicts with another override")
+        node[parts[-1]] = value
+    return tree
+
+
+def deep_update(base: Mapping, update: Mapping) -> Config:
+    """Non-strict recursive update (used to stack file + overrides before validation)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> Config:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UserError(f"config file '{path}' is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config file '{path}' must hold a mapping, got {_type_name(data)}"
+        )
+    return data
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    defaults: Config | Callable[[Config], Config] = None,
+) -> Config:
+    """Resolve a run's configuration.
+
+    Args:
+        path: YAML file, or ``None`` for defaults only.
+        overrides: ``key.sub=value`` strings applied on top of the file.
+        defaults: a config dict, or a function of the (unvalidated) user config returning the
+            defaults, for tasks whose defaults depend on a choice such as ``data.name``.
+
+    Returns:
+        The validated, fully resolved config (plain containers).
+    """
+    user = read_yaml(path) if path is not None else {}
+    user = deep_update(user, parse_overrides(overrides))
+    base = defaults(user) if callable(defaults) else (defaults or {})
+    return merge_config(base, user)
+
+
+def save_config(conf: Config, path: str | Path) -> None:
+    """Write a config as YAML atomically (temp file, then rename)."""
+    from utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_plain(conf), sort_keys=False))
+
+
+def to_plain(obj: Any) -> Any:
+    """Convert tuples and other sequences/mappings to plain lists/dicts for saving."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

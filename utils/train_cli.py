@@ -1,0 +1,109 @@
+"""Command-line plumbing shared by every ``train_*.py``.
+
+``train_x.py CONFIG [--exp NAME] [--resume [CKPT]] [--device ...] [--precision ...]
+[--overfit] [--dry-run] [key.sub=value ...]``. This module parses that, resolves the config
+(defaults in code < YAML file < overrides), picks the run folder ``<logdir>/<exp>`` and refuses to
+silently overwrite a run that already has checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from utils.config import load_config
+from utils.engine import latest_checkpoint
+from utils.errors import UserError
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Overrides use dotted keys, e.g. train.lr=1e-4 data.image_size=[120,160]. "
+        "Run folder: <logdir>/<exp> (config.yaml, TensorBoard events, checkpoints/).",
+    )
+    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    parser.add_argument(
+        "--exp", help="experiment name (default: the config file's stem)"
+    )
+    parser.add_argument("--logdir", default="logs", help="root folder of runs")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="continue a run: from its newest checkpoint, or from the given file",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if the run has checkpoints",
+    )
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:<i> (train.device)")
+    parser.add_argument(
+        "--precision", help="auto | fp32 | bf16 | fp16 autocast (train.precision)"
+    )
+    parser.add_argument(
+        "--overfit", action="store_true", help="train on one batch only (debugging)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="2 steps and 1 validation batch in a temporary folder, nothing kept",
+    )
+    return parser
+
+
+def resolve_run(
+    args: argparse.Namespace,
+    defaults: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
+) -> tuple[dict[str, Any], Path, Path | None]:
+    """Resolve ``(config, run folder, checkpoint to resume from or None)``."""
+    overrides: list[str] = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    if args.dry_run:
+        overrides += [
+            "train.max_steps=2",
+            "train.val_batches=1",
+            "train.val_every=2",
+            "train.log_every=1",
+        ]
+    conf = load_config(args.config, overrides, defaults)
+    exp = args.exp or Path(args.config).stem
+    exp_dir = Path(args.logdir) / exp
+    if args.dry_run:
+        exp_dir = Path(tempfile.mkdtemp(prefix=f"dryrun_{exp}_"))
+    resume: Path | None = None
+    if args.resume == "latest":
+        resume = latest_checkpoint(exp_dir)
+        if resume is None:
+            raise UserError(
+                f"--resume: no checkpoint found in '{exp_dir / 'checkpoints'}'"
+            )
+    elif args.resume is not None:
+        resume = Path(args.resume)
+    elif latest_checkpoint(exp_dir) is not None:
+        if args.overwrite:
+            for old in (exp_dir / "checkpoints").glob("*.pt"):
+                old.unlink()
+            return conf, exp_dir, None
+        raise UserError(
+            f"run folder '{exp_dir}' already holds checkpoints; pass --resume to continue, "
+            "--overwrite to start afresh, or --exp NAME for a new run"
+        )
+    return conf, exp_dir, resume
+
+
+def parse(
+    argv: Sequence[str] | None, prog: str, description: str
+) -> argparse.Namespace:
+    return build_parser(prog, description).parse_args(argv)
