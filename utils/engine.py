@@ -27,6 +27,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -419,7 +420,10 @@ class Trainer:
                 batch = move_to_device(batch, self.device)
                 wait += time.perf_counter() - t0
                 losses, pred, applied = self.train_step(batch)
-                self.scheduler.step()
+                with warnings.catch_warnings():
+                    # A skipped (NaN) update still advances the schedule, by design.
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
                 self.step += 1
                 self._handle_nan(applied)
                 for k, v in losses.items():

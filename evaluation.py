@@ -1,0 +1,31 @@
+"""Evaluate detectors and descriptors: ``python evaluation.py COMMAND --help``.
+
+python evaluation.py synthetic_shapes --checkpoint logs/magicpoint/checkpoints/best.pt
+python evaluation.py hpatches --preset superpoint --features sift
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from utils.dispatch import dispatch
+
+COMMANDS = {
+    "synthetic_shapes": (
+        "utils.eval_synthetic:main",
+        "precision-recall, mAP and localisation error on Synthetic Shapes",
+    ),
+    "hpatches": (
+        "utils.eval_hpatches:main",
+        "HPatches sequences under a named published protocol (preset)",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch("evaluation.py", __doc__.split("\n")[0], COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

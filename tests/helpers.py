@@ -1,0 +1,60 @@
+"""Small deterministic data shared by engine tests (no files, no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.config import merge_config
+from utils.engine import TRAIN_DEFAULTS
+
+TINY_MODEL = {"name": "magicpoint", "channels": [8, 8, 16, 16], "head_channels": 16}
+
+
+class SquaresDataset(Dataset):
+    """Bright squares on black; a keypoint at each square's top-left corner."""
+
+    def __init__(self, length: int, size: int = 64):
+        self.length, self.size = length, size
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng(index)
+        image = np.zeros((self.size, self.size), np.float32)
+        keypoint_map = np.zeros_like(image)
+        for _ in range(4):
+            x, y = rng.integers(8, self.size - 16, 2)
+            image[y : y + 7, x : x + 7] = 1.0
+            keypoint_map[y, x] = 1.0
+        return {
+            "image": image[None],
+            "keypoint_map": keypoint_map,
+            "valid_mask": np.ones_like(image),
+        }
+
+
+def tiny_conf(**train) -> dict:
+    base = {
+        "batch_size": 4,
+        "num_workers": 0,
+        "precision": "fp32",
+        "device": "cpu",
+        "log_every": 1,
+        "val_every": 2,
+        "val_batches": 1,
+        "save_every": 2,
+    }
+    return {
+        "model": dict(TINY_MODEL),
+        "train": merge_config(TRAIN_DEFAULTS, {**base, **train}),
+    }
+
+
+def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(
+        (p - q).abs().max().item()
+        for p, q in zip(a.state_dict().values(), b.state_dict().values())
+    )
