@@ -30,7 +30,7 @@ def defaults(user: dict[str, Any]) -> dict[str, Any]:
     data_name = (user.get("data") or {}).get("name", "synthetic_shapes")
     model_cls = get_model((user.get("model") or {}).get("name", "magicpoint"))
     return {
-        "data": get_dataset(data_name).default_conf,
+        "data": {"name": data_name, **get_dataset(data_name).default_conf},
         "model": model_cls.defaults(),
         "loss": model_cls.loss_defaults(),
         "train": TRAIN_DEFAULTS,
@@ -48,9 +48,10 @@ def run(argv: Sequence[str] | None = None) -> Trainer:
     conf, exp_dir, resume = resolve_run(args, defaults)
     dist_info, device = init_distributed(conf["train"]["device"])
     try:
+        data_conf = {k: v for k, v in conf["data"].items() if k != "name"}
         dataset_cls = get_dataset(conf["data"]["name"])
-        train_set = dataset_cls(conf["data"], "train")
-        val_set = dataset_cls(conf["data"], "val")
+        train_set = dataset_cls(data_conf, "train")
+        val_set = dataset_cls(data_conf, "val")
         seed_everything(conf["train"]["seed"], dist_info.rank)
         model = build_model(conf["model"], conf["loss"])
         trainer = Trainer(

@@ -19,7 +19,7 @@ from utils.errors import UserError
 from utils.io import load_checkpoint
 
 
-def make_trainer(tmp_path, name, resume=None, dist_info=DistInfo(), **train):
+def make_trainer(tmp_path, name, resume=None, dist_info=None, **train):
     conf = tiny_conf(**train)
     seed_everything(conf["train"]["seed"])
     model = build_model(conf["model"])
@@ -29,7 +29,7 @@ def make_trainer(tmp_path, name, resume=None, dist_info=DistInfo(), **train):
         SquaresDataset(48),
         SquaresDataset(8),
         tmp_path / name,
-        dist_info,
+        dist_info or DistInfo(),
         torch.device("cpu"),
         resume=resume,
     )

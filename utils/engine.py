@@ -276,6 +276,8 @@ class Trainer:
         )
         self.step, self.nan_streak = 0, 0
         self.best: float | None = None
+        # Cumulative seconds of this process: waiting for batches / whole training steps.
+        self.data_wait_s, self.step_time_s = 0.0, 0.0
         self._stop_requested = False
 
         if len(train_set) < self.tconf["batch_size"] * dist_info.world_size:
@@ -418,7 +420,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 batch = move_to_device(batch, self.device)
-                wait += time.perf_counter() - t0
+                waited = time.perf_counter() - t0
+                wait += waited
+                self.data_wait_s += waited
                 losses, pred, applied = self.train_step(batch)
                 with warnings.catch_warnings():
                     # A skipped (NaN) update still advances the schedule, by design.
@@ -429,6 +433,7 @@ class Trainer:
                 for k, v in losses.items():
                     sums[k] += float(v)
                 count += 1
+                self.step_time_s += time.perf_counter() - t0
                 bar.update(1)
                 if self.step % self.tconf["log_every"] == 0 or self.step == max_steps:
                     elapsed = time.perf_counter() - t_start

@@ -185,7 +185,9 @@ class Scorer:
 def _test_set(data_conf: dict[str, Any], noisy: bool, per_primitive: int):
     from datasets.synthetic_shapes import SyntheticShapes
 
+    data_conf = {k: v for k, v in data_conf.items() if k != "name"}
     conf = merge_config(SyntheticShapes.default_conf, data_conf)
+    conf["augmentation"]["splits"] = ["test"]
     conf["augmentation"]["homographic"]["enable"] = False
     conf["augmentation"]["photometric"]["enable"] = noisy
     if per_primitive > 0:
