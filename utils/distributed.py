@@ -1,7 +1,8 @@
 """Devices, mixed precision and process groups.
 
 ``torchrun --nproc_per_node=N`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
-:func:`init_distributed` then joins the process group (NCCL on CUDA, Gloo on CPU). Only rank 0 writes logs and checkpoints.
+:func:`init_distributed` then joins the process group (NCCL on CUDA, Gloo on CPU). Only rank 0
+writes logs and checkpoints.
 Precision ``auto`` picks bf16 autocast on a CPU that has native bf16 (AMX or AVX512-BF16, where it
 makes SuperPoint-sized convnets several times faster), bf16 on CUDA GPUs that support it
 (fp16 with a gradient scaler otherwise), and fp32 elsewhere.
