@@ -95,3 +95,24 @@ def test_scale_homography_matches_resized_points():
 def test_points_inside_convention():
     pts = np.array([[-0.5, 0], [-0.51, 0], [9.49, 4.49], [9.5, 0]])
     assert points_inside(pts, (5, 10)).tolist() == [True, False, True, False]
+
+
+def test_sampling_with_artifacts_never_fails_and_is_deterministic():
+    conf = {
+        "patch_ratio": 0.8,
+        "perspective_amplitude_x": 0.2,
+        "perspective_amplitude_y": 0.2,
+        "scaling_amplitude": 0.2,
+        "allow_artifacts": True,
+        "translation_overflow": 0.05,
+    }
+    first = [
+        sample_homography((120, 160), np.random.default_rng(s), conf)
+        for s in range(300)
+    ]
+    again = [
+        sample_homography((120, 160), np.random.default_rng(s), conf)
+        for s in range(300)
+    ]
+    assert all(np.isfinite(h).all() for h in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -132,9 +132,10 @@ def sample_homography(
         if conf.allow_artifacts:
             t_min = t_min + conf.translation_overflow
             t_max = t_max + conf.translation_overflow
-        patch = patch + np.array(
-            [rng.uniform(-t_min[0], t_max[0]), rng.uniform(-t_min[1], t_max[1])]
-        )
+        # lo + (hi - lo) * u as TF's random_uniform: with artifacts allowed the patch may
+        # already poke out of the image, and the range may then be reversed.
+        u = rng.random(2)
+        patch = patch + (-t_min + (t_max + t_min) * u)
 
     if conf.rotation:
         angles = np.concatenate(
