@@ -106,4 +106,4 @@ def resolve_run(
 def parse(
     argv: Sequence[str] | None, prog: str, description: str
 ) -> argparse.Namespace:
-    return build_parser(prog, description).parse_args(argv)
+    return build_parser(prog, description).parse_intermixed_args(argv)
