@@ -6,6 +6,8 @@ layout of the D2-Net/R2D2 evaluation scripts:
 
 - ``keypoints``: (N, 2) float32 (x, y) pixels, centre of the top-left pixel at (0, 0),
   in the frame of the image actually processed (after ``--max-size``/``--resize``);
+  (N, 3) (x, y, scale) for multi-scale models (R2D2: scale = 32 / pyramid factor, as
+  NAVER's ``extract.py`` writes it);
 - ``scores``: (N,) float32 detection scores, best first;
 - ``descriptors``: (N, D), absent for detector-only models (MagicPoint). SIFT: float32,
   L2-normalised (so the D2-Net mutual-NN matcher works on them). ORB: uint8 packed bits
@@ -20,7 +22,11 @@ layout: one group per image, named by its path relative to the input folder, hol
 ``keypoints``, ``descriptors``, ``scores`` and ``image_size``).
 
 Models: ``sift`` and ``orb`` (OpenCV) or a local checkpoint path handed to
-``models.load_extractor`` (MagicPoint/SuperPoint now, R2D2 when it exists).
+``models.load_extractor``: MagicPoint/SuperPoint (ours or foreign weights) and R2D2
+(``train_r2d2.py`` runs or NAVER's published files such as ``r2d2_WASF_N16.pt``, with
+the published multi-scale defaults; ``--conf`` takes ``reliability_thr``,
+``repeatability_thr``, ``min_size``, ``max_size``, ``scale_f``, ``precision=bf16``...).
+In the HDF5 layout keypoints stay (N, 2) and R2D2 scales go to ``scales``.
 """
 
 from __future__ import annotations
@@ -147,9 +153,14 @@ class ModelExtractor:
         keypoints = numpy(out["keypoints"], 2).reshape(-1, 2)
         scores = numpy(out["keypoint_scores"], 1).reshape(-1)
         feats = {"keypoints": keypoints, "scores": scores}
+        if out.get("scales") is not None:
+            feats["scales"] = numpy(out["scales"], 1).reshape(-1)
         if out.get("descriptors") is not None:
             desc = numpy(out["descriptors"], 2)
-            feats["descriptors"] = desc.reshape(len(keypoints), -1)
+            # (0, D) stays as is: NumPy cannot infer -1 in a reshape of zero size.
+            feats["descriptors"] = (
+                desc if desc.ndim == 2 else desc.reshape(len(keypoints), -1)
+            )
         return feats
 
 
@@ -186,6 +197,9 @@ def extract_image(
     keypoints = np.asarray(feats["keypoints"], np.float32).reshape(-1, 2)
     scores = np.asarray(feats.get("scores", np.ones(len(keypoints))), np.float32)
     keep = top_k_indices(scores, len(keypoints), top_k)
+    if feats.get("scales") is not None:
+        scales = np.asarray(feats["scales"], np.float32).reshape(-1, 1)
+        keypoints = np.concatenate([keypoints, scales], axis=1)
     out = {
         "keypoints": keypoints[keep],
         "scores": scores[keep],
@@ -340,7 +354,9 @@ def extract_to_h5(
                 if name in h5:
                     del h5[name]
                 group = h5.create_group(name)
-                group.create_dataset("keypoints", data=feats["keypoints"])
+                group.create_dataset("keypoints", data=feats["keypoints"][:, :2])
+                if feats["keypoints"].shape[1] == 3:
+                    group.create_dataset("scales", data=feats["keypoints"][:, 2])
                 group.create_dataset("scores", data=feats["scores"])
                 group.create_dataset("image_size", data=feats["imsize"])
                 group.create_dataset(
@@ -383,6 +399,32 @@ def parse_conf(items: list[str]) -> dict[str, Any]:
     return conf
 
 
+def track(args: argparse.Namespace, conf: dict[str, Any]) -> int:
+    """``--video SOURCE --track --out OUT``: see :func:`utils.tracking.run_tracking`."""
+    from utils.tracking import run_tracking
+
+    if args.video is None or not args.track or args.out is None:
+        raise UserError("tracking needs --video FILE|FRAMES_DIR, --track and --out")
+    if not Path(args.video).exists():
+        raise UserError(f"video '{args.video}' not found")
+    extractor = build_extractor(args.model, args.device, conf)
+    stats = run_tracking(
+        args.video,
+        extractor,
+        args.out,
+        nn_thresh=args.nn_thresh,
+        max_length=args.max_length,
+        max_frames=args.max_frames,
+    )
+    summary = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in stats.items()
+        if not isinstance(v, (list, dict))
+    )
+    print(f"tracking: {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="extract.py",
@@ -398,8 +440,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images",
         nargs="+",
-        required=True,
+        default=None,
         help="image files, .txt lists of paths, or folders (searched recursively)",
+    )
+    parser.add_argument(
+        "--video",
+        default=None,
+        help="a video file or a folder of frames (with --track)",
+    )
+    parser.add_argument(
+        "--track",
+        action="store_true",
+        help="track keypoints through --video: two-way NN matching frame to frame",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="tracking output: a .mp4/.avi video or a folder of annotated frames",
+    )
+    parser.add_argument(
+        "--nn-thresh", type=float, default=0.7, help="tracking descriptor distance"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=5, help="tracking: positions drawn per track"
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=0,
+        help="tracking: stop after N frames (0: all)",
     )
     parser.add_argument(
         "--tag", default=None, help="output extension (default: model + settings)"
@@ -423,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="model post-processing, e.g. detection_threshold=0.015 nms_radius=4",
+        help="model post-processing, e.g. detection_threshold=0.015 nms_radius=4 "
+        "(SuperPoint) or reliability_thr=0.7 max_size=1024 precision=bf16 (R2D2)",
     )
     parser.add_argument("--h5", default=None, help="write one HDF5 file instead")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
@@ -450,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         conf = parse_conf(args.conf)
         if args.top_k is not None:
             conf["top_k"] = args.top_k
+        if args.video is not None or args.track:
+            return track(args, conf)
+        if not args.images:
+            raise UserError(
+                "nothing to extract: give --images (or --video with --track)"
+            )
         images = collect_images(args.images)
         extractor = build_extractor(args.model, args.device, conf)
         tag = args.tag or default_tag(extractor.tag, args.top_k, resize)

@@ -2,6 +2,7 @@
 
     python train_superpoint.py configs/magicpoint_shapes.yaml --exp magicpoint_shapes
     python train_superpoint.py configs/magicpoint_shapes.yaml --resume
+    python train_superpoint.py configs/superpoint_coco.yaml data.labels_dir=data/coco_ha
     torchrun --nproc_per_node=2 train_superpoint.py configs/magicpoint_shapes.yaml
 
 The ``model.name`` of the config selects the network (``magicpoint`` or ``superpoint``) and
@@ -16,6 +17,7 @@ from typing import Any
 
 from datasets import get_dataset
 from models import build_model, get_model
+from models.superpoint import match_panels
 from utils.distributed import cleanup_distributed, init_distributed
 from utils.engine import TRAIN_DEFAULTS, Trainer, seed_everything
 from utils.errors import run_cli
@@ -39,6 +41,8 @@ def defaults(user: dict[str, Any]) -> dict[str, Any]:
 
 
 def panels(batch: dict, pred: dict) -> dict:
+    if "image0" in batch:  # joint training pairs: heatmaps and descriptor matches
+        return match_panels(batch, pred)
     return detector_panels(batch, pred)
 
 

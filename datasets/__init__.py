@@ -8,6 +8,9 @@ from utils.errors import UserError
 
 DATASETS = {
     "synthetic_shapes": "datasets.synthetic_shapes:SyntheticShapes",
+    "image_folder": "datasets.image_folder:ImageFolder",
+    "superpoint_pairs": "datasets.superpoint_pairs:SuperPointPairs",
+    "r2d2_pairs": "datasets.r2d2_pairs:R2D2PairDataset",
 }
 
 

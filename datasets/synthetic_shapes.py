@@ -40,7 +40,6 @@ string with the generation settings, checked on read).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import multiprocessing as mp
@@ -61,6 +60,7 @@ from torch.utils.data import Dataset
 from datasets.augmentation import homographic_augment, homography_config, keypoint_map
 from datasets.photometric import parse_primitives as parse_photometric
 from datasets.photometric import photometric_augment, resolve_params
+from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.geometry import points_inside, warp_points
 
@@ -1031,33 +1031,6 @@ def augmentation_rng(
 # ----------------------------------------------------------------------------- config
 
 
-def merge_conf(defaults: dict, conf: dict | None, prefix: str = "") -> dict:
-    """Recursively merge ``conf`` over ``defaults`` without mutating either.
-
-    A default that is an empty dict accepts any keys (validated by its consumer).
-
-    Raises:
-        UserError: naming an unknown key (dotted) and the closest valid one.
-    """
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
-    for key, value in (conf or {}).items():
-        if key not in defaults:
-            close = difflib.get_close_matches(str(key), list(defaults), n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise UserError(
-                f"unknown synthetic_shapes config key '{prefix}{key}'{hint} "
-                f"(valid: {', '.join(defaults)})"
-            )
-        default = defaults[key]
-        if isinstance(default, dict) and default:
-            if not isinstance(value, dict):
-                raise UserError(f"config key '{prefix}{key}' must be a mapping")
-            out[key] = merge_conf(default, value, f"{prefix}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
 def _settings(conf: dict) -> dict:
     """The config entries that determine image content (stored in cache metadata)."""
     return {
@@ -1232,7 +1205,7 @@ class SyntheticShapes(Dataset):
     }
 
     def __init__(self, conf: dict | None = None, split: str = "train") -> None:
-        self.conf = merge_conf(self.default_conf, conf)
+        self.conf = merge_config(self.default_conf, conf, prefix="data.")
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
         self.split = split

@@ -17,6 +17,7 @@ from utils.errors import UserError
 MODELS = {
     "magicpoint": "models.superpoint:MagicPoint",
     "superpoint": "models.superpoint:SuperPoint",
+    "r2d2": "models.r2d2:R2D2",
 }
 
 

@@ -4,10 +4,12 @@ An extractor is called on one image ``(1, C, H, W)`` in [0, 1] and returns ``key
 ``(N, 2)`` (x, y), ``keypoint_scores`` ``(N,)`` and, when the model has descriptors,
 ``descriptors`` ``(N, D)``. Images whose size is not a multiple of 8 are padded by replicating
 the last row/column (no artificial edge), and detections in the padding are dropped.
+Foreign SuperPoint weight files are accepted too (see ``models.weights``).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,12 @@ class Extractor:
 
     def __init__(self, model, tag: str, device: str = "cpu", precision: str = "fp32"):
         self.model = model.eval().to(device)
+        if precision == "bf16":
+            # Casting the weights once, in channels-last layout, is what makes oneDNN use
+            # its fast bf16 kernels on CPU; autocast re-casts the weights at every call
+            # and plain-layout bf16 convolutions were measured slower than fp32 here.
+            self.model = copy.deepcopy(self.model).to(torch.bfloat16)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.device = torch.device(device)
         self.tag = tag
         self.grayscale = model.conf.get("input_channels", 1) == 1
@@ -61,10 +69,11 @@ class Extractor:
         pad_h, pad_w = (-h) % 8, (-w) % 8
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
-        ):
-            pred = self.model({"image": image})
+        if self.precision == "bf16":
+            image = image.to(torch.bfloat16).contiguous(
+                memory_format=torch.channels_last
+            )
+        pred = self.model({"image": image})
         out = self.model.detect(pred)
         keypoints, scores = out["keypoints"][0], out["keypoint_scores"][0]
         border = self.model.conf["remove_borders"]
@@ -77,31 +86,46 @@ class Extractor:
 
 def load_extractor(
     path: str, device: str = "cpu", conf: dict[str, Any] | None = None
-) -> Extractor:
-    """Build an :class:`Extractor` from a checkpoint written by the training engine.
+) -> Extractor | Any:
+    """Build an :class:`Extractor` from a local weight file.
 
     Args:
-        path: ``.pt`` file holding ``model`` (state dict) and ``config`` (resolved run config).
+        path: a ``.pt`` checkpoint written by the training engine (``model`` state dict and
+            ``config``), or a foreign SuperPoint file read by ``models.weights``
+            (MagicLeap ``superpoint_v1.pth``, rpautrat ``superpoint_v6_from_tf.pth``, a
+            pytorch-superpoint checkpoint); R2D2 files (``train_r2d2.py`` runs and
+            NAVER's published ``{'net', 'state_dict'}`` checkpoints) give a
+            ``models.r2d2.R2D2Extractor`` (multi-scale, options of
+            ``models.r2d2.load_r2d2_extractor``).
         device: torch device string.
         conf: overrides of the model's post-processing (``detection_threshold``,
-            ``nms_radius``, ``remove_borders``, ``top_k``) and ``precision`` (fp32|bf16).
+            ``nms_radius``, ``remove_borders``, ``top_k``, ``descriptor_sampling``) and
+            ``precision`` (fp32|bf16).
     """
     from models import build_model
+    from models.r2d2 import is_r2d2_checkpoint, load_r2d2_extractor
+    from models.weights import convert_state_dict
 
     conf = dict(conf or {})
+    ckpt = load_checkpoint(path)
+    if is_r2d2_checkpoint(ckpt):
+        # NAVER's {'net', 'state_dict'} files and train_r2d2.py runs: multi-scale
+        # extraction with R2D2's own options.
+        return load_r2d2_extractor(ckpt, str(path), device=device, conf=conf)
     precision = conf.pop("precision", "fp32")
-    unknown = set(conf) - set(DETECTION_KEYS)
+    valid = (*DETECTION_KEYS, "descriptor_sampling")
+    unknown = set(conf) - set(valid)
     if unknown:
         raise UserError(
-            f"unknown extractor option(s) {sorted(unknown)}; valid: {DETECTION_KEYS}"
+            f"unknown extractor option(s) {sorted(unknown)}; valid: {valid}"
         )
-    ckpt = load_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+    if isinstance(ckpt, dict) and ("model" in ckpt) != ("config" in ckpt):
         raise UserError(
             f"checkpoint '{path}' has no 'model'/'config' entries "
             "(expected a file written by a train_*.py run)"
         )
-    model_conf = {**ckpt["config"]["model"], **conf}
+    _, state, model_conf = convert_state_dict(ckpt, str(path))
+    model_conf = {**model_conf, **conf}
     model = build_model(model_conf)
-    check_and_load_state_dict(model, ckpt["model"], path)
+    check_and_load_state_dict(model, state, path)
     return Extractor(model, tag=Path(path).stem, device=device, precision=precision)

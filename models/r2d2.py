@@ -14,6 +14,11 @@ the published checkpoints (``r2d2_WAF_N16.pt``, ``r2d2_WASF_N16.pt``,
 :func:`load_r2d2_checkpoint`; their constructor string is parsed by a whitelist
 (:mod:`utils.constructor_parser`), never evaluated.
 
+:class:`R2D2` wraps the network and :class:`losses.r2d2.R2D2Loss` in the model contract
+of the shared training engine (``model.name: r2d2``, ``train_r2d2.py``), and
+:func:`load_r2d2_extractor` turns its checkpoints, or NAVER's files, into an extractor
+(``models.load_extractor`` dispatches there).
+
 :class:`R2D2Extractor` implements the extractor contract shared with SuperPoint and the
 multi-scale protocol of the reference ``extract.py`` (scale factor 2^0.25, image size
 kept within [256, 1024], 3x3 max-pool NMS on repeatability, reliability and
@@ -27,12 +32,16 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from losses.r2d2 import R2D2Loss
+from models.base_model import BaseModel
 from utils.constructor_parser import parse_constructor
 from utils.errors import UserError
 
@@ -577,3 +586,198 @@ class R2D2Extractor(nn.Module):
 def num_parameters(model: nn.Module) -> int:
     """Number of parameters (the reference prints it as the 'model size')."""
     return sum(math.prod(p.shape) for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Training wrapper (the BaseModel contract of the shared engine) and checkpoint dispatch.
+
+R2D2_NET_KEYS = (
+    "dim",
+    "mchan",
+    "relu22",
+    "fast",
+    "downsample_factor",
+    "inchan",
+    "dilated",
+    "dilation",
+    "bn",
+    "bn_affine",
+    "normalize_input",
+)
+
+
+class R2D2(BaseModel):
+    """Trainable R2D2 / Fast-R2D2 (``model.name: r2d2``) for ``train_r2d2.py``.
+
+    The ``model`` config section holds the :class:`R2D2Net` constructor options (see
+    there; ``fast: true`` is Fast-R2D2) and the ``loss`` section the options of
+    :class:`losses.r2d2.R2D2Loss` (weights, similarity and reliability variants, sampler).
+    The network lives in ``self.net``, so state-dict keys are NAVER's with a ``net.``
+    prefix.
+
+    ``forward(data)``:
+
+    - pairs (training): ``image0``, ``image1`` ``(B, 3, H, W)`` RGB in [0, 1] give
+      ``descriptors0/1 (B, dim, H, W)``, ``reliability0/1`` and ``repeatability0/1``
+      ``(B, 1, H, W)``;
+    - single images: ``image (B, 3, H, W)`` gives ``descriptors``, ``reliability``,
+      ``repeatability``.
+
+    ``loss(pred, data)`` needs ``aflow (B, 2, H, W)`` and ``mask (B, H, W)`` and returns
+    ``({"total", "reliability", "repeatability", "peaky"}, {"ap" or "triplet",
+    "n_valid"})``.
+
+    Example:
+        >>> model = R2D2({"fast": True, "dim": 16, "mchan": 1})
+        >>> pred = model({"image0": torch.rand(1, 3, 32, 32),
+        ...               "image1": torch.rand(1, 3, 32, 32)})
+        >>> pred["repeatability1"].shape
+        torch.Size([1, 1, 32, 32])
+    """
+
+    default_conf: dict[str, Any] = {
+        "name": "r2d2",
+        "dim": 128,
+        "mchan": 4,
+        "relu22": False,
+        "fast": False,
+        "downsample_factor": 2,
+        "inchan": 3,
+        "dilated": True,
+        "dilation": 1,
+        "bn": True,
+        "bn_affine": False,
+        "normalize_input": True,
+    }
+    default_loss_conf: dict[str, Any] = R2D2Loss.default_conf
+
+    def _init(self, conf: dict[str, Any]) -> None:
+        self.net = R2D2Net(**{key: conf[key] for key in R2D2_NET_KEYS})
+        self.criterion = R2D2Loss(self.loss_conf)
+
+    def _forward(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if "image0" in data:
+            return self.net.forward_pair(data)
+        return self.net(data["image"])
+
+    def loss(
+        self, pred: dict[str, Any], data: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """R2D2 loss terms (``total`` first) and its detached metrics."""
+        _, terms = self.criterion(pred, data)
+        names = ("total", "reliability", "repeatability", "peaky")
+        losses = {name: terms[name] for name in names}
+        metrics = {k: v for k, v in terms.items() if k not in names}
+        return losses, metrics
+
+
+def r2d2_panels(batch: dict[str, Any], pred: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """TensorBoard panels of the first pair: both images, repeatability, reliability.
+
+    Returns:
+        ``{name: (3, H, 2W) float in [0, 1]}`` with image 0 left and image 1 right.
+    """
+    from utils.visualize import colorize, to_chw, to_rgb_uint8
+
+    def side_by_side(left, right):
+        return to_chw(np.concatenate([left, right], axis=1))
+
+    images = [to_rgb_uint8(batch[f"image{v}"][0]) for v in "01"]
+    panels = {"images": side_by_side(*images)}
+    for key in ("repeatability", "reliability"):
+        maps = [colorize(pred[f"{key}{v}"][0, 0].float(), vmax=1.0) for v in "01"]
+        panels[key] = side_by_side(*maps)
+    return panels
+
+
+def is_r2d2_checkpoint(obj: Any) -> bool:
+    """Whether a loaded weight file is R2D2's: NAVER's ``{'net', 'state_dict'}`` layout
+    or a ``train_r2d2.py`` checkpoint (``config.model.name == 'r2d2'``)."""
+    if not isinstance(obj, Mapping):
+        return False
+    if "net" in obj and "state_dict" in obj:
+        return True
+    config = obj.get("config")
+    model_conf = config.get("model") if isinstance(config, Mapping) else None
+    return (
+        "model" in obj
+        and isinstance(model_conf, Mapping)
+        and model_conf.get("name") == "r2d2"
+    )
+
+
+def r2d2_net_from_checkpoint(obj: Mapping[str, Any], source: str) -> R2D2Net:
+    """The eval-mode :class:`R2D2Net` of a checkpoint accepted by
+    :func:`is_r2d2_checkpoint` (the constructor string goes through the whitelist).
+
+    Raises:
+        UserError: constructor not on the whitelist, weights that do not fit.
+    """
+    if "net" in obj and "state_dict" in obj:
+        try:
+            net = build_from_constructor(obj["net"])
+        except UserError as err:
+            raise UserError(f"{source}: {err}") from None
+        state = obj["state_dict"]
+        if not isinstance(state, Mapping):
+            raise UserError(f"{source}: 'state_dict' is not a dict of tensors")
+        load_r2d2_state(net, dict(state), source)
+        return net.eval()
+    model = R2D2(obj["config"]["model"])
+    state = obj["model"]
+    if not isinstance(state, Mapping):
+        raise UserError(f"{source}: 'model' is not a dict of tensors")
+    # Only the network is needed for inference; the loss holds no weights.
+    net_state = {
+        k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")
+    }
+    if len(net_state) != len(state):
+        other = next(k for k in state if not k.startswith("net."))
+        raise UserError(f"{source}: unexpected key '{other}' in an R2D2 checkpoint")
+    load_r2d2_state(model.net, net_state, source)
+    return model.net.eval()
+
+
+EXTRACTOR_OPTIONS = tuple(
+    k for k in R2D2Extractor.default_conf if k not in ("weights", "model", "tag")
+)
+"""R2D2 post-processing options accepted by :func:`load_r2d2_extractor`."""
+
+
+def load_r2d2_extractor(
+    obj: Mapping[str, Any],
+    source: str,
+    device: str = "cpu",
+    conf: dict[str, Any] | None = None,
+) -> R2D2Extractor:
+    """Multi-scale extractor (published defaults) from a loaded R2D2 checkpoint.
+
+    Args:
+        obj: what ``torch.load`` returned (see :func:`is_r2d2_checkpoint`).
+        source: the file's path (messages and the output tag, its stem).
+        device: torch device string.
+        conf: :data:`EXTRACTOR_OPTIONS` overrides (``top_k``, ``reliability_thr``,
+            ``min_size``...) and ``precision`` (``fp32`` | ``bf16`` | ``fp16``: autocast
+            of the trunk).
+
+    Raises:
+        UserError: an option R2D2 does not understand (e.g. SuperPoint's
+            ``nms_radius``), or a bad checkpoint.
+    """
+    conf = dict(conf or {})
+    precision = conf.pop("precision", "fp32")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"precision={precision!r}: expected fp32, bf16 or fp16")
+    unknown = set(conf) - set(EXTRACTOR_OPTIONS)
+    if unknown:
+        raise UserError(
+            f"{source}: R2D2 extractor option(s) {sorted(unknown)} not understood "
+            f"(valid: {', '.join(EXTRACTOR_OPTIONS)}, precision)"
+        )
+    if precision != "fp32":
+        conf.setdefault("autocast", precision)
+    net = r2d2_net_from_checkpoint(obj, source)
+    tag = os.path.splitext(os.path.basename(source))[0]
+    if conf.get("autocast") in (True, "bf16", "fp16"):
+        tag += "-" + ("fp16" if conf["autocast"] == "fp16" else "bf16")
+    return R2D2Extractor({**conf, "tag": tag}, net=net).to(device)

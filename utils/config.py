@@ -5,8 +5,8 @@ sections ``data``, ``model``, ``loss``, ``train`` and ``eval``. Merging is stric
 
 * a key absent from the defaults is an error naming the key and the closest valid one;
 * a value whose type does not match the default's is an error (ints are accepted for floats,
-  a ``None`` default accepts anything, and a default of ``{}`` is an open mapping whose keys are
-  not checked, for free-form parameter tables).
+  a list of strings for a string such as ``"all"``, a ``None`` default accepts anything, and a
+  default of ``{}`` is an open mapping whose keys are not checked, for free-form tables).
 
 Merging never mutates its inputs, so module-level ``default_conf`` dicts stay intact.
 
@@ -47,7 +47,10 @@ def _check_type(default: Any, value: Any, path: str) -> Any:
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, str):
-        ok = isinstance(value, str)
+        # "all"-or-names keys: a string default may be replaced by a list of strings.
+        ok = isinstance(value, str) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        )
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple))
         value = list(value) if ok else value

@@ -59,6 +59,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "num_workers": 2,
     "max_steps": 50000,
+    # If > 0, training length in epochs: max_steps = epochs x batches per epoch.
+    "epochs": 0,
     "optimizer": "adam",
     "lr": 1e-3,
     "weight_decay": 0.0,
@@ -267,7 +269,13 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.optimizer = build_optimizer(self.model.parameters(), self.tconf)
-        max_steps = self.tconf["max_steps"]
+        self.max_steps = self.tconf["max_steps"]
+        if self.tconf["epochs"] > 0:
+            per_epoch = len(train_set) // (
+                self.tconf["batch_size"] * dist_info.world_size
+            )
+            self.max_steps = self.tconf["epochs"] * per_epoch
+        max_steps = self.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.tconf, max_steps)
         )
@@ -399,8 +407,8 @@ class Trainer:
             tqdm.write(f"warning: {message} ({self.nan_streak} in a row)")
 
     def fit(self) -> dict[str, float]:
-        """Train until ``max_steps``; returns the last validation metrics."""
-        max_steps = self.tconf["max_steps"]
+        """Train for ``self.max_steps`` steps; returns the last validation metrics."""
+        max_steps = self.max_steps
         previous_handler = signal.getsignal(signal.SIGINT)
         if self.dist.is_main:
             signal.signal(signal.SIGINT, self._on_sigint)

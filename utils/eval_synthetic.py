@@ -3,11 +3,14 @@
 Protocol of the SuperPoint reference: detections are the NMS'd probability map (radius 4) above a
 near-zero floor; over all test images, detections sorted by score are true positives when they
 lie within ``correct_distance`` (4 px) of a ground-truth keypoint not yet claimed (nearest first),
-which gives the precision-recall curve; mAP is the area under its upper envelope. Localisation
+which gives the precision-recall curve; mAP is the area under its upper envelope, pooled over
+all primitives (the reference's number) and also averaged per primitive (primitives without
+keypoints, ellipses and noise, only add false positives to the pooled curve). Localisation
 error is the mean distance of correct detections among those with probability >= 0.5 (2 px
 radius). The same command scores OpenCV's Harris, Shi-Tomasi and FAST responses (NMS'd the same
 way) so the baselines are measured by the same code. Two test variants: ``clean`` and ``noisy``
-(photometric augmentation on).
+(photometric augmentation on). OpenCV responses are raw (not normalised per image) and keep
+their 300 strongest points after NMS, as the reference evaluation does.
 """
 
 from __future__ import annotations
@@ -105,23 +108,45 @@ def localization_errors(
 
 
 def classical_response(image: np.ndarray, method: str) -> np.ndarray:
-    """Score map of an OpenCV detector on a float image in [0, 1], scaled to [0, 1]."""
-    gray = (image * 255).astype(np.uint8)
+    """Raw score map of an OpenCV detector on a float image in [0, 1].
+
+    As the reference: responses are not normalised per image (so they rank consistently
+    across images), the image is on the 0-255 scale, Harris uses block 4 / aperture 3 /
+    k 0.04, FAST threshold 10, and Shi-Tomasi scores a corner by the highest quality level
+    (of 100) at which ``goodFeaturesToTrack`` still returns it.
+    """
+    gray = np.clip(image * 255.0, 0, 255).astype(np.float32)
     if method == "harris":
-        resp = cv2.cornerHarris(gray.astype(np.float32), 4, 3, 0.04)
+        resp = cv2.cornerHarris(gray, 4, 3, 0.04)
     elif method == "shi":
-        resp = cv2.cornerMinEigenVal(gray.astype(np.float32), 4, 3)
+        resp = np.zeros(gray.shape, np.float32)
+        for level in np.linspace(0.0001, 1, 100, endpoint=False):
+            corners = cv2.goodFeaturesToTrack(gray, 100, float(level), 5)
+            if corners is None:
+                break
+            xy = np.round(corners[:, 0]).astype(int)
+            resp[xy[:, 1], xy[:, 0]] = level
     elif method == "fast":
         resp = np.zeros(gray.shape, np.float32)
-        for kp in cv2.FastFeatureDetector_create(10).detect(gray):
+        for kp in cv2.FastFeatureDetector_create(10).detect(gray.astype(np.uint8)):
             x, y = int(round(kp.pt[0])), int(round(kp.pt[1]))
             resp[y, x] = max(resp[y, x], kp.response)
     else:
         raise UserError(
             f"unknown method '{method}'; valid: {CLASSICAL} or --checkpoint"
         )
-    resp = np.maximum(resp, 0)
-    return resp / max(float(resp.max()), 1e-12)
+    return np.maximum(resp, 0)
+
+
+def keep_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the ``k`` highest scores of each ``(H, W)`` map of a batch."""
+    if k <= 0:
+        return scores
+    flat = scores.flatten(1)
+    k = min(k, flat.shape[1])
+    threshold = flat.topk(k, dim=1).values[:, -1:]
+    kept = torch.where(flat >= threshold, flat, torch.zeros_like(flat))
+    return kept.view_as(scores)
 
 
 class Scorer:
@@ -172,8 +197,12 @@ class Scorer:
         tp, sc = np.concatenate(pooled["tp"]), np.concatenate(pooled["scores"])
         precision, recall, m_ap = precision_recall(tp, sc, pooled["n_gt"])
         loc = np.concatenate(pooled["loc"])
+        per_prim = [
+            v["mAP"] for v in out["per_primitive"].values() if v["mAP"] is not None
+        ]
         out.update(
             mAP=m_ap,
+            mean_primitive_mAP=float(np.mean(per_prim)) if per_prim else None,
             localization_error=float(loc.mean()) if len(loc) else None,
             n_gt=pooled["n_gt"],
             n_detections=int(len(tp)),
@@ -225,8 +254,13 @@ def evaluate(
             heat = torch.from_numpy(
                 np.stack([classical_response(im[0].numpy(), method) for im in images])
             )
-        heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
-        heat = nms(heat, args.nms_radius).cpu().numpy()
+        if model is not None:
+            heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
+        heat = nms(heat, args.nms_radius)
+        heat = keep_top_k(
+            heat, args.top_k if model is not None else args.classical_top_k
+        )
+        heat = heat.cpu().numpy()
         for b in range(len(images)):
             gt = np.argwhere(batch["keypoint_map"][b].numpy() > 0.5)[:, ::-1]
             scorer.add(
@@ -286,7 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="H W (default: the checkpoint's training size, else 120 160)",
     )
     p.add_argument("--out", default="outputs/eval_synthetic", help="output folder")
-    p.add_argument("--threshold", type=float, default=0.001, help="detection threshold")
+    p.add_argument(
+        "--threshold", type=float, default=0.001, help="model detection threshold"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=0, help="model keypoints per image (0: all)"
+    )
+    p.add_argument(
+        "--classical-top-k", type=int, default=300, help="OpenCV keypoints per image"
+    )
     p.add_argument("--nms-radius", type=int, default=4)
     p.add_argument("--correct-distance", type=float, default=4.0, help="px, for mAP")
     p.add_argument(
@@ -366,13 +408,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     lines = [
-        "| method | variant | mAP @4px | loc. error (px) | detections |",
-        "|---|---|---|---|---|",
+        "| method | variant | mAP @4px | mean per-primitive mAP | loc. error (px) "
+        "| detections |",
+        "|---|---|---|---|---|---|",
     ]
     for variant in args.variants:
         for name, res in results[variant].items():
             lines.append(
                 f"| {name} | {variant} | {_fmt(res['mAP'])} | "
+                f"{_fmt(res['mean_primitive_mAP'])} | "
                 f"{_fmt(res['localization_error'])} | {res['n_detections']} |"
             )
     table = "\n".join(lines)

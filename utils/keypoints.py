@@ -30,7 +30,10 @@ def nms(scores: torch.Tensor, radius: int, max_iterations: int = 64) -> torch.Te
     kernel = 2 * radius + 1
 
     def window_max(x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x[:, None], kernel, stride=1, padding=radius)[:, 0]
+        # A square max filter is separable: rows then columns cost 2k instead of k^2
+        # comparisons per pixel, which matters for full-resolution maps on a CPU.
+        x = F.max_pool2d(x[:, None], (1, kernel), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, (kernel, 1), stride=1, padding=(radius, 0))[:, 0]
 
     zeros = torch.zeros_like(scores)
     keep = (scores == window_max(scores)) & (scores > 0)

@@ -1,0 +1,459 @@
+"""Real images for homographic adaptation and MagicPoint training: COCO, KITTI, any folder.
+
+The same loader lists the images of three layouts (``data.layout``) plus the built-in photos:
+
+* ``folder``: every image file under ``root`` (recursively, sorted); the last
+  ``val_fraction`` of them form the ``val`` split, the rest ``train``;
+* ``coco``: COCO 2014, ``root/train2014/*.jpg`` (train) and ``root/val2014/*.jpg`` (val);
+* ``kitti``: KITTI raw; ``split_files.<split>`` lists one entry per line, either a drive
+  folder relative to ``root`` (e.g. ``2011_09_26/2011_09_26_drive_0001_sync``), whose
+  ``<camera>/data/*.png`` frames are all used for each camera of ``kitti_cameras``, or a
+  single frame file relative to ``root``; a missing entry is an error naming the split file
+  and line. Without a split file every drive folder under ``root`` is used.
+* ``root: builtin``: the photographs bundled with scikit-image (no download), for demos.
+
+The split ``all`` is the union of every split (what the HA export uses by default). An
+image is named by its path relative to ``root`` without extension; HA labels for it live in
+``labels_dir/<name>.npz`` (``points`` (N, 2) (x, y), ``image_size`` (2,) H, W).
+
+:class:`ImageFolder` (``data.name: image_folder``) yields grayscale images resized to
+``image_size`` (a plain resize, as the reference's COCO pipeline) with their HA labels,
+photometric and homographic augmentation keyed by (seed, index, epoch), for training
+MagicPoint on real images. ``python -m datasets.image_folder --show --root DIR`` writes a
+grid of samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.augmentation import homography_config, keypoint_map
+from datasets.hpatches import IMAGE_EXTENSIONS, read_image
+from datasets.photometric import parse_primitives as parse_photometric
+from datasets.photometric import photometric_augment, resolve_params
+from utils.config import merge_config
+from utils.errors import UserError, run_cli
+from utils.geometry import points_inside, valid_mask, warp_image, warp_points
+from utils.homographic_adaptation import draw_homography
+
+Array = np.ndarray
+LAYOUTS = ("folder", "coco", "kitti")
+SPLITS = ("train", "val", "all")
+
+# Homographic augmentation of the reference's magic-point_coco_train.yaml.
+COCO_HOMOGRAPHY: dict[str, Any] = {
+    "translation": True,
+    "rotation": True,
+    "scaling": True,
+    "perspective": True,
+    "scaling_amplitude": 0.2,
+    "perspective_amplitude_x": 0.2,
+    "perspective_amplitude_y": 0.2,
+    "patch_ratio": 0.85,
+    "max_angle": 1.57,
+    "allow_artifacts": True,
+}
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One image: its name (relative path without extension) and file (None: built-in)."""
+
+    name: str
+    path: Path | None
+
+
+@functools.cache
+def _builtin_photos() -> dict[str, Array]:
+    from datasets.hpatches_demo import load_photos
+
+    return dict(load_photos("builtin"))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _kitti_entries(root: Path, split_file: Path, cameras: list[str]) -> list[Path]:
+    if not split_file.is_file():
+        raise UserError(f"KITTI split file '{split_file}' not found")
+    files: list[Path] = []
+    for number, line in enumerate(split_file.read_text().splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        target = root / entry
+        if target.is_dir():
+            found = [f for cam in cameras for f in _image_files(target / cam / "data")]
+            if not found:
+                raise UserError(
+                    f"{split_file}:{number}: drive '{entry}' has no frames in "
+                    f"{', '.join(c + '/data' for c in cameras)}"
+                )
+            files += found
+        elif target.is_file():
+            files.append(target)
+        else:
+            raise UserError(
+                f"{split_file}:{number}: '{entry}' names a missing frame or drive "
+                f"(looked for {target})"
+            )
+    return files
+
+
+def list_images(conf: dict[str, Any], split: str) -> list[ImageEntry]:
+    """The images of a split (see module docstring).
+
+    Args:
+        conf: the dataset config (``root``, ``layout``, ``val_fraction``, ``split_files``,
+            ``kitti_cameras``, ``coco_folders``, ``max_images``: the first N images
+            of the folder before the train/val split, or of the split for COCO/KITTI).
+        split: ``train`` | ``val`` | ``all``.
+
+    Raises:
+        UserError: unknown layout/split, missing root or split file, or no images.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    root_value = conf.get("root")
+    if root_value in (None, ""):
+        raise UserError("config key 'data.root' is not set (a folder or 'builtin')")
+    layout = conf.get("layout", "folder")
+    if layout not in LAYOUTS:
+        raise UserError(
+            f"config key 'data.layout': '{layout}' is not one of {', '.join(LAYOUTS)}"
+        )
+    root = Path(root_value)
+    if root_value == "builtin":
+        names = sorted(_builtin_photos())
+        entries = [ImageEntry(n, None) for n in names]
+        entries = _split_by_fraction(entries, split, conf)
+    elif not root.is_dir():
+        raise UserError(f"image root '{root}' is not a folder")
+    elif layout == "folder":
+        entries = [_entry(root, p) for p in _image_files(root)]
+        entries = _split_by_fraction(entries, split, conf)
+    elif layout == "coco":
+        folders = conf["coco_folders"]
+        parts = ["train", "val"] if split == "all" else [split]
+        entries = []
+        for part in parts:
+            folder = root / folders[part]
+            if not folder.is_dir():
+                raise UserError(f"COCO folder '{folder}' not found (data.coco_folders)")
+            entries += [_entry(root, p) for p in _image_files(folder)]
+    else:
+        files: list[Path] = []
+        split_files = conf["split_files"]
+        parts = ["train", "val"] if split == "all" else [split]
+        if all(split_files.get(p) in (None, "") for p in parts):
+            drives = sorted(d for d in root.rglob("*_sync") if d.is_dir())
+            for d in drives:
+                for cam in conf["kitti_cameras"]:
+                    files += _image_files(d / cam / "data")
+        else:
+            for part in parts:
+                if split_files.get(part) not in (None, ""):
+                    path = Path(split_files[part])
+                    files += _kitti_entries(root, path, conf["kitti_cameras"])
+        entries = [_entry(root, p) for p in files]
+    limit = int(conf.get("max_images", 0) or 0)
+    if limit > 0 and layout != "folder":
+        entries = entries[:limit]
+    if not entries:
+        raise UserError(
+            f"no images for split '{split}' under '{root}' (layout {layout}; "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return entries
+
+
+def _entry(root: Path, path: Path) -> ImageEntry:
+    return ImageEntry(path.relative_to(root).with_suffix("").as_posix(), path)
+
+
+def _split_by_fraction(
+    entries: list[ImageEntry], split: str, conf: dict[str, Any]
+) -> list[ImageEntry]:
+    # max_images limits the pool before the split so train and val stay disjoint.
+    limit = int(conf.get("max_images", 0) or 0)
+    if limit > 0:
+        entries = entries[:limit]
+    if split == "all" or len(entries) < 2:
+        return entries
+    n_val = min(
+        len(entries) - 1, max(1, math.ceil(len(entries) * conf["val_fraction"]))
+    )
+    return entries[-n_val:] if split == "val" else entries[:-n_val]
+
+
+def load_gray(entry: ImageEntry) -> Array:
+    """Decode an entry as a grayscale uint8 ``(H, W)`` image (UserError if corrupt)."""
+    if entry.path is None:
+        return cv2.cvtColor(_builtin_photos()[entry.name], cv2.COLOR_RGB2GRAY)
+    return read_image(entry.path, gray=True)
+
+
+def resize_image(image: Array, size: tuple[int, int] | list[int]) -> Array:
+    """Plain resize to ``(H, W)`` (INTER_AREA when shrinking)."""
+    h, w = int(size[0]), int(size[1])
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h < image.shape[0] or w < image.shape[1]
+    return cv2.resize(
+        image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+
+
+def warp_with_labels(
+    image: Array,
+    points: Array,
+    rng: np.random.Generator,
+    params: Any,
+    margin: int,
+) -> tuple[Array, Array, Array, Array]:
+    """Warp an image and its labels by a random homography.
+
+    Like :func:`datasets.augmentation.homographic_augment`, but draws the homography with
+    :func:`utils.homographic_adaptation.draw_homography` (valid with ``allow_artifacts``).
+
+    Returns:
+        ``(warped image, (M, 2) float32 points kept inside the valid area,
+        (H, W) bool valid mask eroded by margin, (3, 3) H)``.
+    """
+    shape = image.shape[:2]
+    H = draw_homography(shape, rng, params)
+    warped = warp_image(image, H, interpolation=cv2.INTER_LINEAR)
+    mask = valid_mask(shape, H, erosion_radius=margin)
+    moved = warp_points(np.asarray(points, np.float64).reshape(-1, 2), H)
+    moved = moved[points_inside(moved, shape)]
+    pixels = np.rint(moved).astype(np.int64)
+    keep = mask[pixels[:, 1], pixels[:, 0]] if len(moved) else np.zeros(0, bool)
+    return warped, moved[keep].astype(np.float32), mask, H
+
+
+def label_path(labels_dir: str | Path, name: str) -> Path:
+    """Where the HA labels of image ``name`` are stored."""
+    return Path(labels_dir) / f"{name}.npz"
+
+
+def load_labels(labels_dir: str | Path, name: str, size: tuple[int, int]) -> Array:
+    """HA keypoints of ``name`` rescaled to an image of ``size`` (H, W): ``(N, 2)`` float32.
+
+    Raises:
+        UserError: missing or unreadable label file.
+    """
+    path = label_path(labels_dir, name)
+    if not path.is_file():
+        raise UserError(
+            f"labels '{path}' not found (run export.py homography_adaptation first)"
+        )
+    try:
+        with np.load(path) as data:
+            points = np.asarray(data["points"], np.float64).reshape(-1, 2)
+            stored = tuple(int(v) for v in data["image_size"])
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"labels '{path}' cannot be read ({err})") from None
+    if stored != tuple(size):
+        sx, sy = size[1] / stored[1], size[0] / stored[0]
+        points = np.stack(
+            [sx * (points[:, 0] + 0.5) - 0.5, sy * (points[:, 1] + 0.5) - 0.5], 1
+        )
+    return points.astype(np.float32)
+
+
+class ImageFolder(Dataset):
+    """Grayscale real images with HA labels and augmentation (see module docstring).
+
+    Config (``default_conf``; unknown keys are errors):
+        root: folder, or ``builtin``; layout: ``folder`` | ``coco`` | ``kitti``.
+        val_fraction, split_files, kitti_cameras, coco_folders, max_images: see
+            :func:`list_images`.
+        image_size: ``[H, W]`` after resizing (multiples of 8).
+        labels_dir: folder of HA labels, or null (then ``keypoints`` is empty).
+        seed: augmentation seed.
+        augmentation: ``splits`` to augment; ``photometric`` (``enable``,
+            ``primitives``, ``params``, ``random_order``); ``homographic`` (``enable``,
+            ``params`` over :data:`COCO_HOMOGRAPHY`, ``valid_border_margin``).
+
+    Each sample:
+        image ``(1, H, W)`` float32 in [0, 1]; keypoints ``(N, 2)``; keypoint_map and
+        valid_mask ``(H, W)`` float32; name str; index int.
+    """
+
+    default_conf: dict[str, Any] = {
+        "name": "image_folder",
+        "root": None,
+        "layout": "folder",
+        "val_fraction": 0.1,
+        "split_files": {"train": None, "val": None},
+        "kitti_cameras": ["image_02", "image_03"],
+        "coco_folders": {"train": "train2014", "val": "val2014"},
+        "max_images": 0,
+        "image_size": [240, 320],
+        "labels_dir": None,
+        "seed": 0,
+        "augmentation": {
+            "splits": ["train"],
+            "photometric": {
+                "enable": False,
+                "primitives": "all",
+                "params": {},
+                "random_order": True,
+            },
+            "homographic": {"enable": False, "params": {}, "valid_border_margin": 3},
+        },
+    }
+
+    def __init__(self, conf: dict[str, Any] | None = None, split: str = "train"):
+        self.conf = merge_config(self.default_conf, conf or {}, prefix="data.")
+        self.split = split
+        self.entries = list_images(self.conf, split)
+        size = self.conf["image_size"]
+        if len(size) != 2 or size[0] % 8 or size[1] % 8:
+            raise UserError(f"data.image_size must be [H, W], multiples of 8: {size}")
+        self.image_size = (int(size[0]), int(size[1]))
+        aug = self.conf["augmentation"]
+        self.augment = split in aug["splits"]
+        self.photometric = bool(aug["photometric"]["enable"]) and self.augment
+        self.photometric_names = parse_photometric(aug["photometric"]["primitives"])
+        self.photometric_params = resolve_params(aug["photometric"]["params"])
+        self.homographic = bool(aug["homographic"]["enable"]) and self.augment
+        self.homography = homography_config(
+            {**COCO_HOMOGRAPHY, **(aug["homographic"]["params"] or {})}
+        )
+        self.border_margin = int(aug["homographic"]["valid_border_margin"])
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def rng(self, index: int, stream: int = 0) -> np.random.Generator:
+        """Generator keyed by (seed, split, index, epoch, stream): reproducible anywhere."""
+        split_id = SPLITS.index(self.split)
+        return np.random.default_rng(
+            [int(self.conf["seed"]), split_id, index, self.epoch, stream]
+        )
+
+    def content(self, index: int) -> tuple[Array, Array]:
+        """Resized uint8 image ``(H, W)`` and its labels ``(N, 2)`` (empty without labels)."""
+        entry = self.entries[index]
+        image = resize_image(load_gray(entry), self.image_size)
+        if self.conf["labels_dir"] in (None, ""):
+            return image, np.zeros((0, 2), np.float32)
+        return image, load_labels(self.conf["labels_dir"], entry.name, self.image_size)
+
+    def photometric_aug(self, image: Array, rng: np.random.Generator) -> Array:
+        if not self.photometric:
+            return image
+        return photometric_augment(
+            image,
+            rng,
+            self.photometric_names,
+            self.photometric_params,
+            bool(self.conf["augmentation"]["photometric"]["random_order"]),
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, points = self.content(index)
+        rng = self.rng(index)
+        image = self.photometric_aug(image, rng)
+        mask = np.ones(self.image_size, bool)
+        if self.homographic:
+            image, points, mask, _ = warp_with_labels(
+                image, points, rng, self.homography, self.border_margin
+            )
+        return {
+            "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None],
+            "keypoints": torch.from_numpy(np.ascontiguousarray(points, np.float32)),
+            "keypoint_map": torch.from_numpy(keypoint_map(points, self.image_size)),
+            "valid_mask": torch.from_numpy(mask.astype(np.float32)),
+            "name": self.entries[index].name,
+            "index": int(index),
+        }
+
+
+def sample_grid(dataset: Dataset, count: int = 8, columns: int = 4) -> Array:
+    """BGR grid of samples with their keypoints (red); pairs shown side by side."""
+    tiles = []
+    for index in range(min(count, len(dataset))):
+        sample = dataset[index]
+        views = ["0", "1"] if "image0" in sample else [""]
+        parts = []
+        for v in views:
+            gray = (sample[f"image{v}"][0].numpy() * 255).round().astype(np.uint8)
+            tile = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+            for x, y in sample[f"keypoints{v}"].numpy():
+                cv2.circle(tile, (int(round(x)), int(round(y))), 2, (0, 0, 255), -1)
+            parts.append(tile)
+        tiles.append(np.concatenate(parts, axis=1))
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [
+        np.concatenate(tiles[i : i + columns], axis=1)
+        for i in range(0, len(tiles), columns)
+    ]
+    return np.concatenate(rows, axis=0)
+
+
+def show_main(dataset_cls: type, argv: list[str] | None, prog: str) -> int:
+    """``--show``: write a PNG grid of samples of ``dataset_cls`` (shared by pair data)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Show samples of {dataset_cls.__name__}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--show", action="store_true", help="write the sample grid")
+    parser.add_argument("--root", default="builtin", help="image folder or builtin")
+    parser.add_argument("--layout", default="folder", choices=LAYOUTS)
+    parser.add_argument("--labels", default=None, help="HA labels folder")
+    parser.add_argument("--split", default="train", choices=SPLITS)
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path(f"{prog.split('.')[-1]}.png"))
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        if not args.show:
+            parser.print_help()
+            return 0
+        on = {"enable": True}
+        conf = {
+            "root": args.root,
+            "layout": args.layout,
+            "labels_dir": args.labels,
+            "augmentation": {"photometric": on, "homographic": on, "splits": SPLITS},
+        }
+        grid = sample_grid(dataset_cls(conf, args.split), args.count)
+        from utils.io import atomic_write
+
+        ok, data = cv2.imencode(".png", grid)
+        if not ok:
+            raise UserError(f"could not encode {args.out}")
+        atomic_write(args.out, lambda f: f.write(data.tobytes()))
+        print(f"wrote {args.out}")
+        return 0
+
+    return run_cli(run, prog)
+
+
+if __name__ == "__main__":
+    sys.exit(show_main(ImageFolder, None, "python -m datasets.image_folder"))

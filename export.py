@@ -1,0 +1,137 @@
+"""Export labels and models: ``python export.py COMMAND --help``.
+
+python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
+    --images data/COCO --out data/coco_ha --checkpoint logs/magicpoint/checkpoints/best.pt
+python export.py onnx --checkpoint pretrained/superpoint_v1.pth --out superpoint.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from utils.dispatch import dispatch
+from utils.errors import UserError, run_cli
+
+COMMANDS = {
+    "homography_adaptation": (
+        "utils.homographic_adaptation:export_main",
+        "homographic adaptation labels (npz per image) from a detector checkpoint",
+    ),
+    "onnx": (
+        "export:onnx_main",
+        "SuperPoint/MagicPoint network + heads to ONNX (heatmap, dense descriptors)",
+    ),
+}
+
+
+class DenseHeads(torch.nn.Module):
+    """ONNX-friendly wrapper: image tensor in, tuple of dense outputs out.
+
+    Outputs ``heatmap`` ``(B, H, W)`` (softmax, dustbin dropped, depth-to-space) and, with
+    the descriptor head, ``descriptors`` ``(B, D, H/8, W/8)`` L2-normalised; keypoint
+    selection (threshold, NMS, sampling) stays outside the graph.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        pred = self.model({"image": image})
+        if "dense_descriptors" in pred:
+            return pred["heatmap"], pred["dense_descriptors"]
+        return (pred["heatmap"],)
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | Path,
+    height: int = 480,
+    width: int = 640,
+    opset: int = 18,
+) -> list[str]:
+    """Write ``model`` (dense outputs, see :class:`DenseHeads`) as ONNX, atomically.
+
+    Batch, height and width are dynamic (height and width multiples of 8).
+
+    Returns:
+        The output names.
+    """
+    from torch.export import Dim
+
+    from utils.io import atomic_write
+
+    wrapper = DenseHeads(model.eval().float())
+    example = torch.rand(1, model.conf.get("input_channels", 1), height, width)
+    outputs = ["heatmap"]
+    if model.conf.get("descriptor_head", False):
+        outputs.append("descriptors")
+    dynamic = {
+        "image": {
+            0: Dim("batch", max=1024),
+            2: 8 * Dim("cells_h", max=1024),
+            3: 8 * Dim("cells_w", max=1024),
+        }
+    }
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        input_names=["image"],
+        output_names=outputs,
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=dynamic,
+        verbose=False,
+    )
+    data = program.model_proto.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
+    return outputs
+
+
+def onnx_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="export.py onnx",
+        description="Export a SuperPoint/MagicPoint checkpoint (engine or foreign "
+        "weights) to ONNX: input 'image' (B, 1, H, W) in [0, 1], outputs 'heatmap' "
+        "(B, H, W) and 'descriptors' (B, D, H/8, W/8).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="weights file")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--height", type=int, default=480, help="example height")
+    parser.add_argument("--width", type=int, default=640, help="example width")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        import logging
+        import warnings
+
+        from models.weights import load_model
+
+        if args.height % 8 or args.width % 8:
+            raise UserError(
+                f"--height/--width must be multiples of 8, got {args.height}x{args.width}"
+            )
+        model, fmt = load_model(args.checkpoint)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            outputs = export_onnx(model, args.out, args.height, args.width, args.opset)
+        print(f"wrote {args.out} ({fmt} weights; outputs: {', '.join(outputs)})")
+        return 0
+
+    return run_cli(run, "export.py onnx")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch("export.py", __doc__.split("\n")[0], COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

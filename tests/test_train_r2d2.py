@@ -1,0 +1,332 @@
+"""train_r2d2.py end to end (real demo config shrunk by overrides), the engine's
+``epochs`` option, R2D2 checkpoints in extract.py / evaluation, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import extract
+import train_r2d2
+from datasets.hpatches_demo import generate
+from datasets.r2d2_pairs import write_flow_png
+from models import load_extractor
+from models.r2d2 import R2D2, R2D2Extractor, R2D2Net
+from utils.engine import latest_checkpoint
+from utils.errors import UserError
+from utils.eval_hpatches import main as evaluate_main
+from utils.io import load_checkpoint
+
+CONFIG = "configs/r2d2_demo_builtin.yaml"
+SHRINK = [
+    "data.crop=48",
+    "data.scale=[64,96]",
+    "data.synthetic.scale=[64,96]",
+    "data.val_pairs=2",
+    "model.dim=16",
+    "model.mchan=1",
+    "loss.N=8",
+    "loss.sampler.border=8",
+    "train.batch_size=2",
+    "train.num_workers=0",
+    "train.val_every=2",
+    "train.val_batches=1",
+    "train.save_every=1",
+    "train.log_every=1",
+    "train.image_every=1",
+    "train.device=cpu",
+    "train.precision=fp32",
+]
+# Loose thresholds: a briefly trained tiny network is not confident yet.
+EXTRACT_CONF = {"min_size": 32, "reliability_thr": 0.0, "repeatability_thr": 0.0}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> str:
+    """Three small real photographs (scikit-image) and a list naming each twice."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name, image in (
+        ("chelsea", skimage.data.chelsea()),
+        ("coffee", skimage.data.coffee()),
+        ("rocket", skimage.data.rocket()),
+    ):
+        small = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{name}.png"), small[..., ::-1])
+    (folder / "list.txt").write_text("chelsea.png\ncoffee.png\nrocket.png\n" * 2)
+    return str(folder)
+
+
+def args(photos: str, logdir, exp: str, *extra: str) -> list[str]:
+    return [
+        CONFIG,
+        "--exp",
+        exp,
+        "--logdir",
+        str(logdir),
+        f"data.sources.photos.root={photos}",
+        f"data.sources.photos.list={photos}/list.txt",
+        *SHRINK,
+        *extra,
+    ]
+
+
+def test_steps_write_checkpoint_events_and_resume_exactly(tmp_path, photos):
+    straight = train_r2d2.run(args(photos, tmp_path, "straight", "train.max_steps=3"))
+    run_dir = tmp_path / "straight"
+    assert (run_dir / "config.yaml").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
+    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    assert ckpt["step"] == 3 and ckpt["config"]["model"]["name"] == "r2d2"
+    assert ckpt["config"]["loss"]["similarity"] == "cosine"
+
+    train_r2d2.run(args(photos, tmp_path, "split", "train.max_steps=2"))
+    resumed = train_r2d2.run(
+        args(photos, tmp_path, "split", "train.max_steps=3", "--resume")
+    )
+    assert resumed.step == 3
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
+        assert torch.equal(a, b), f"{name} differs after resume"
+
+
+@pytest.mark.parametrize(
+    ("similarity", "reliability", "precision"),
+    [("squared_chord", "ap", "bf16"), ("dice", "hardnet", "fp32")],
+)
+def test_study_variants_and_bf16_train_finite(
+    tmp_path, photos, similarity, reliability, precision
+):
+    variant = [
+        f"loss.similarity={similarity}",
+        f"loss.reliability={reliability}",
+        f"train.precision={precision}",
+    ]
+    trainer = train_r2d2.run(args(photos, tmp_path, "v", "train.max_steps=1", *variant))
+    criterion = trainer.model.criterion
+    assert criterion.conf["similarity"] == similarity
+    assert criterion.conf["reliability"] == reliability
+    assert trainer.precision == precision and trainer.nan_streak == 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_epochs_set_the_number_of_steps(tmp_path, photos):
+    # 4 pairs (max_pairs), batch 2: 2 batches per epoch; epochs win over max_steps.
+    trainer = train_r2d2.run(
+        args(
+            photos,
+            tmp_path,
+            "epochs",
+            "data.max_pairs=4",
+            "train.epochs=2",
+            "train.max_steps=1",
+            "train.val_every=100",
+            "train.image_every=100",
+            "train.save_every=100",
+        )
+    )
+    assert trainer.max_steps == 4 and trainer.step == 4
+    assert load_checkpoint(latest_checkpoint(tmp_path / "epochs"))["step"] == 4
+
+
+def test_reliability_loss_is_nan_safe_in_a_training_step():
+    model = R2D2({"dim": 16, "mchan": 1, "fast": True})
+    batch = {
+        "image0": torch.rand(1, 3, 24, 24),
+        "image1": torch.rand(1, 3, 24, 24),
+        "aflow": torch.full((1, 2, 24, 24), float("nan")),
+        "mask": torch.zeros(1, 24, 24, dtype=torch.bool),
+    }
+    losses, metrics = model.loss(model(batch), batch)
+    losses["total"].backward()
+    assert set(losses) == {"total", "reliability", "repeatability", "peaky"}
+    assert torch.isfinite(losses["total"]) and metrics["n_valid"] == 0
+    assert all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
+
+
+def test_checkpoint_extracts_through_load_extractor_and_extract_py(tmp_path, photos):
+    trainer = train_r2d2.run(args(photos, tmp_path, "ex", "train.max_steps=1"))
+    ckpt_path = latest_checkpoint(tmp_path / "ex")
+    extractor = load_extractor(str(ckpt_path), conf=dict(EXTRACT_CONF))
+    assert isinstance(extractor, R2D2Extractor) and not extractor.grayscale
+    # Same weights as the trained network: identical dense outputs.
+    image = torch.rand(1, 3, 40, 48)
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model({"image": image})["repeatability"]
+    with torch.no_grad():
+        _, _, repeatability = extractor.dense(extractor.net.normalize(image))
+    torch.testing.assert_close(repeatability, expected, atol=1e-5, rtol=1e-4)
+
+    image_file = tmp_path / "img.png"
+    cv2.imwrite(str(image_file), cv2.imread(os.path.join(photos, "coffee.png")))
+    conf = [f"{k}={v}" for k, v in EXTRACT_CONF.items()]
+    code = extract.main(
+        ["--model", str(ckpt_path), "--images", str(image_file), "--tag", "r2d2"]
+        + ["--top-k", "50", "--conf", *conf]
+    )
+    assert code == 0
+    with np.load(tmp_path / "img.png.r2d2") as out:
+        keypoints, desc = out["keypoints"], out["descriptors"]
+        assert keypoints.shape[1] == 3 and 0 < len(keypoints) <= 50
+        assert desc.shape == (len(keypoints), 16)
+        assert np.all(np.diff(out["scores"]) <= 0)
+        # Scale = 32 / s with pyramid levels s = 2^(-k/4), k = 0, 1, ...
+        levels = 4 * np.log2(keypoints[:, 2] / 32)
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+
+
+def test_naver_published_file_works_in_extract_py(tmp_path, capsys):
+    net = R2D2Net(fast=True)
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "faster2d2_WASF_N16.pt"
+    torch.save({"net": "Fast_Quad_L2Net_ConfCFS()", "state_dict": state}, path)
+    extractor = load_extractor(str(path), conf={"precision": "bf16"})
+    assert extractor.tag == "faster2d2_WASF_N16-bf16"
+    reference = R2D2Extractor(dict(EXTRACT_CONF), net=net.eval())
+    image = torch.rand(1, 3, 48, 64)
+    ours = load_extractor(str(path), conf=dict(EXTRACT_CONF))(image)
+    torch.testing.assert_close(ours["keypoints"], reference(image)["keypoints"])
+
+    image_file = tmp_path / "img.png"
+    cv2.imwrite(
+        str(image_file),
+        np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8),
+    )
+    conf = [f"{k}={v}" for k, v in EXTRACT_CONF.items()]
+    assert (
+        extract.main(
+            ["--model", str(path), "--images", str(image_file)] + ["--conf", *conf]
+        )
+        == 0
+    )
+    assert (tmp_path / "img.png.faster2d2_WASF_N16").is_file()
+    # SuperPoint options are refused by name.
+    capsys.readouterr()
+    code = extract.main(
+        ["--model", str(path), "--images", str(image_file), "--conf", "nms_radius=4"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "nms_radius" in err[0]
+
+
+def test_constructor_off_the_whitelist_is_one_line(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    state = R2D2Net().state_dict()
+    torch.save({"net": "__import__('os').system('true')", "state_dict": state}, path)
+    image_file = tmp_path / "img.png"
+    cv2.imwrite(str(image_file), np.zeros((32, 32, 3), np.uint8))
+    code = extract.main(["--model", str(path), "--images", str(image_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "evil.pt" in err[0]
+    assert "expected a call" in err[0]
+    torch.save({"net": "ResNet50()", "state_dict": state}, path)
+    with pytest.raises(UserError, match="'ResNet50' is not an accepted network"):
+        load_extractor(str(path))
+
+
+def _pair_folder(tmp_path, flow_shape: tuple[int, int]) -> str:
+    root = tmp_path / "flow_pairs"
+    (root / "flow").mkdir(parents=True)
+    image = np.full((64, 80, 3), 128, np.uint8)
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(root / name), image)
+    (root / "pairs.txt").write_text("a.png b.png\n")
+    write_flow_png(str(root / "flow" / "a_b.png"), np.zeros((*flow_shape, 2)))
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["train.learning_rate=1"], "unknown config key 'train.learning_rate'"),
+        (["model.name=superpoint"], "train_r2d2.py trains 'r2d2'"),
+        (["loss.similarity=cosinus"], "cosinus"),
+        (["data.sources.photos.root=/nonexistent/folder"], "/nonexistent/folder"),
+    ],
+)
+def test_bad_config_gives_one_line(tmp_path, photos, capsys, extra, message):
+    code = train_r2d2.main(args(photos, tmp_path, "bad", "train.max_steps=1", *extra))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and message in err[0]
+
+
+def test_flow_png_of_wrong_size_and_missing_pair_files(tmp_path, photos, capsys):
+    root = _pair_folder(tmp_path, (32, 40))
+    flow_source = [
+        "data.sources={flow: {type: flow, root: " + root + "}}",
+        "data.use=[flow]",
+        "train.batch_size=1",
+        "train.max_steps=1",
+    ]
+    code = train_r2d2.main(args(photos, tmp_path, "flow", *flow_source))
+    # The flow is read when the pair is drawn (after the progress bar started): the
+    # error is still a single line, with no traceback.
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert code != 0 and "Traceback" not in err and len(lines) == 1
+    assert "a_b.png" in lines[0] and "80x64" in lines[0] and "40x32" in lines[0]
+
+    (tmp_path / "flow_pairs" / "pairs.txt").write_text("a.png missing.png\n")
+    code = train_r2d2.main(args(photos, tmp_path, "flow2", *flow_source))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "missing.png" in err[0]
+
+
+def _ddp_worker(rank: int, port: int, photos: str, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    trainer = train_r2d2.run(
+        args(photos, out_dir, "ddp", "train.max_steps=2", "train.batch_size=1")
+    )
+    params = {k: v for k, v in trainer.model.named_parameters()}
+    torch.save(params, f"{out_dir}/rank{rank}.pt")
+
+
+def test_two_process_gloo_ddp_ranks_agree(tmp_path, photos):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, photos, str(tmp_path)), nprocs=2, join=True)
+    weights = [
+        torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert load_checkpoint(latest_checkpoint(tmp_path / "ddp"))["step"] == 2
+
+
+def test_d2net_evaluation_of_a_checkpoint(tmp_path, photos, capsys):
+    train_r2d2.run(args(photos, tmp_path, "ev", "train.max_steps=1"))
+    data = tmp_path / "hpatches"
+    generate("builtin", data, num_sequences=1, max_size=64, progress=False)
+    out = tmp_path / "eval"
+    conf = '{"min_size": 32, "reliability_thr": 0, "repeatability_thr": 0}'
+    code = evaluate_main(
+        ["--data", str(data), "--preset", "d2net", "--model"]
+        + [str(latest_checkpoint(tmp_path / "ev")), "--tag", "r2d2", "--out", str(out)]
+        + ["--set", f"extractor_conf={conf}", "--num-match-plots", "0"]
+    )
+    assert code == 0, capsys.readouterr().err
+    features = next(data.glob("v_*/1.ppm.r2d2"))
+    with np.load(features) as f:
+        assert f["keypoints"].shape[1] == 3 and len(f["keypoints"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    mma3 = summary["results"]["all"]["mma@3"]
+    assert 0.0 <= mma3 <= 1.0 and summary["preset"]["name"].startswith("d2net[")
