@@ -22,10 +22,9 @@ from typing import Any
 from datasets.r2d2_pairs import R2D2PairDataset
 from models import build_model
 from models.r2d2 import R2D2, r2d2_panels
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.engine import TRAIN_DEFAULTS, Trainer, seed_everything
-from utils.errors import UserError, run_cli
-from utils.train_cli import parse, resolve_run
+from utils.engine import TRAIN_DEFAULTS, Trainer
+from utils.errors import UserError
+from utils.train_cli import main_from, parse, resolve_run, train
 
 DATA_DEFAULTS: dict[str, Any] = {
     "name": "r2d2_pairs",
@@ -82,35 +81,16 @@ def run(argv: Sequence[str] | None = None) -> Trainer:
             f"config key 'model.name': train_r2d2.py trains 'r2d2', "
             f"got {conf['model']['name']!r}"
         )
-    dist_info, device = init_distributed(conf["train"]["device"])
-    try:
+
+    def build(conf: dict[str, Any]):
         train_set, val_set = build_datasets(conf["data"])
-        seed_everything(conf["train"]["seed"], dist_info.rank)
-        model = build_model(conf["model"], conf["loss"])
-        trainer = Trainer(
-            conf,
-            model,
-            train_set,
-            val_set,
-            exp_dir,
-            dist_info,
-            device,
-            panels=r2d2_panels,
-            resume=resume,
-            overfit=args.overfit,
-        )
-        trainer.fit()
-        return trainer
-    finally:
-        cleanup_distributed()
+        return build_model(conf["model"], conf["loss"]), train_set, val_set
+
+    return train(args, conf, exp_dir, resume, build, panels=r2d2_panels)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def job() -> int:
-        run(argv)
-        return 0
-
-    return run_cli(job, "train_r2d2.py")
+    return main_from(run, argv, "train_r2d2.py")
 
 
 if __name__ == "__main__":

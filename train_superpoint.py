@@ -18,10 +18,8 @@ from typing import Any
 from datasets import get_dataset
 from models import build_model, get_model
 from models.superpoint import match_panels
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.engine import TRAIN_DEFAULTS, Trainer, seed_everything
-from utils.errors import run_cli
-from utils.train_cli import parse, resolve_run
+from utils.engine import TRAIN_DEFAULTS, Trainer
+from utils.train_cli import main_from, parse, resolve_run, train
 from utils.visualize import detector_panels
 
 EVAL_DEFAULTS = {"detection_threshold": 0.001, "nms_radius": 4, "correct_distance": 4.0}
@@ -50,38 +48,18 @@ def run(argv: Sequence[str] | None = None) -> Trainer:
     """Parse, build and train; returns the finished :class:`Trainer` (tests inspect it)."""
     args = parse(argv, "train_superpoint.py", __doc__.split("\n")[0])
     conf, exp_dir, resume = resolve_run(args, defaults)
-    dist_info, device = init_distributed(conf["train"]["device"])
-    try:
+
+    def build(conf: dict[str, Any]):
         data_conf = {k: v for k, v in conf["data"].items() if k != "name"}
         dataset_cls = get_dataset(conf["data"]["name"])
-        train_set = dataset_cls(data_conf, "train")
-        val_set = dataset_cls(data_conf, "val")
-        seed_everything(conf["train"]["seed"], dist_info.rank)
         model = build_model(conf["model"], conf["loss"])
-        trainer = Trainer(
-            conf,
-            model,
-            train_set,
-            val_set,
-            exp_dir,
-            dist_info,
-            device,
-            panels=panels,
-            resume=resume,
-            overfit=args.overfit,
-        )
-        trainer.fit()
-        return trainer
-    finally:
-        cleanup_distributed()
+        return model, dataset_cls(data_conf, "train"), dataset_cls(data_conf, "val")
+
+    return train(args, conf, exp_dir, resume, build, panels=panels)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    def job() -> int:
-        run(argv)
-        return 0
-
-    return run_cli(job, "train_superpoint.py")
+    return main_from(run, argv, "train_superpoint.py")
 
 
 if __name__ == "__main__":

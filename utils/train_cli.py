@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import load_config
-from utils.engine import latest_checkpoint
-from utils.errors import UserError
+from utils.distributed import cleanup_distributed, init_distributed
+from utils.engine import Trainer, latest_checkpoint, seed_everything
+from utils.errors import UserError, run_cli
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -107,3 +108,48 @@ def parse(
     argv: Sequence[str] | None, prog: str, description: str
 ) -> argparse.Namespace:
     return build_parser(prog, description).parse_intermixed_args(argv)
+
+
+def train(
+    args: argparse.Namespace,
+    conf: dict[str, Any],
+    exp_dir: Path,
+    resume: Path | None,
+    build: Callable[[dict[str, Any]], tuple[Any, Any, Any]],
+    panels: Callable | None = None,
+) -> Trainer:
+    """Join the process group, build ``(model, train_set, val_set)`` and train.
+
+    ``build(conf)`` is the task's part; everything else is shared. The seed is set before it
+    runs, so a run's initial weights depend only on ``train.seed``.
+    """
+    dist_info, device = init_distributed(conf["train"]["device"])
+    try:
+        seed_everything(conf["train"]["seed"], dist_info.rank)
+        model, train_set, val_set = build(conf)
+        trainer = Trainer(
+            conf,
+            model,
+            train_set,
+            val_set,
+            exp_dir,
+            dist_info,
+            device,
+            panels=panels,
+            resume=resume,
+            overfit=args.overfit,
+        )
+        trainer.fit()
+        return trainer
+    finally:
+        cleanup_distributed()
+
+
+def main_from(run: Callable[[Sequence[str] | None], Any], argv, prog: str) -> int:
+    """Exit code of ``run(argv)``: 0, or the one-line error handling of ``run_cli``."""
+
+    def job() -> int:
+        run(argv)
+        return 0
+
+    return run_cli(job, prog)
