@@ -114,3 +114,15 @@ def test_layer_names_match_magicleap_release():
         "convDb",
     }
     assert SuperPoint().convPb[0].weight.shape == (65, 256, 1, 1)
+
+
+def test_running_window_max_equals_max_pool():
+    from utils.keypoints import _window_max_1d
+
+    x = torch.rand(2, 23, 31, generator=torch.Generator().manual_seed(3))
+    for radius in (1, 2, 3, 4, 7):
+        expected = torch.nn.functional.max_pool2d(
+            x[:, None], 2 * radius + 1, 1, radius
+        )[:, 0]
+        got = _window_max_1d(_window_max_1d(x, radius, -1), radius, -2)
+        assert torch.equal(got, expected)

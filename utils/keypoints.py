@@ -27,13 +27,9 @@ def nms(scores: torch.Tensor, radius: int, max_iterations: int = 64) -> torch.Te
     """
     if radius <= 0:
         return scores
-    kernel = 2 * radius + 1
 
     def window_max(x: torch.Tensor) -> torch.Tensor:
-        # A square max filter is separable: rows then columns cost 2k instead of k^2
-        # comparisons per pixel, which matters for full-resolution maps on a CPU.
-        x = F.max_pool2d(x[:, None], (1, kernel), stride=1, padding=(0, radius))
-        return F.max_pool2d(x, (kernel, 1), stride=1, padding=(radius, 0))[:, 0]
+        return _window_max_1d(_window_max_1d(x, radius, -1), radius, -2)
 
     zeros = torch.zeros_like(scores)
     keep = (scores == window_max(scores)) & (scores > 0)
@@ -45,6 +41,35 @@ def nms(scores: torch.Tensor, radius: int, max_iterations: int = 64) -> torch.Te
             break
         keep = keep | new
     return torch.where(keep, scores, zeros)
+
+
+def _window_max_1d(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Max over ``[i - radius, i + radius]`` along ``dim`` for non-negative ``x``.
+
+    Built from running maxima of doubling width (a handful of vectorised ``maximum`` calls),
+    which on a CPU is several times faster than a stride-1 ``max_pool2d``; padding with 0 is
+    neutral because scores are non-negative.
+    """
+    length, width = x.shape[dim], 2 * radius + 1
+    running = F.pad(x, _pad_spec(x.dim(), dim, radius))
+    span = 1
+    while 2 * span <= width:
+        size = running.shape[dim] - span
+        running = torch.maximum(
+            running.narrow(dim, 0, size), running.narrow(dim, span, size)
+        )
+        span *= 2
+    return torch.maximum(
+        running.narrow(dim, 0, length), running.narrow(dim, width - span, length)
+    )
+
+
+def _pad_spec(ndim: int, dim: int, radius: int) -> list[int]:
+    """``F.pad`` spec padding ``radius`` on both sides of ``dim`` only."""
+    spec = [0] * (2 * ndim)
+    back = ndim - 1 - (dim % ndim)
+    spec[2 * back], spec[2 * back + 1] = radius, radius
+    return spec
 
 
 def greedy_nms(scores: np.ndarray, radius: int, threshold: float = 0.0) -> np.ndarray:
