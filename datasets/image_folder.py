@@ -44,7 +44,13 @@ from datasets.photometric import parse_primitives as parse_photometric
 from datasets.photometric import photometric_augment, resolve_params
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
-from utils.geometry import points_inside, valid_mask, warp_image, warp_points
+from utils.geometry import (
+    HOMOGRAPHY_PRESETS,
+    points_inside,
+    valid_mask,
+    warp_image,
+    warp_points,
+)
 from utils.homographic_adaptation import draw_homography
 
 Array = np.ndarray
@@ -52,18 +58,7 @@ LAYOUTS = ("folder", "coco", "kitti")
 SPLITS = ("train", "val", "all")
 
 # Homographic augmentation of the reference's magic-point_coco_train.yaml.
-COCO_HOMOGRAPHY: dict[str, Any] = {
-    "translation": True,
-    "rotation": True,
-    "scaling": True,
-    "perspective": True,
-    "scaling_amplitude": 0.2,
-    "perspective_amplitude_x": 0.2,
-    "perspective_amplitude_y": 0.2,
-    "patch_ratio": 0.85,
-    "max_angle": 1.57,
-    "allow_artifacts": True,
-}
+COCO_HOMOGRAPHY: dict[str, Any] = HOMOGRAPHY_PRESETS["coco"]
 
 
 @dataclass(frozen=True)

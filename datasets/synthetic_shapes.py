@@ -62,7 +62,7 @@ from datasets.photometric import parse_primitives as parse_photometric
 from datasets.photometric import photometric_augment, resolve_params
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
-from utils.geometry import points_inside, warp_points
+from utils.geometry import HOMOGRAPHY_PRESETS, points_inside, warp_points
 
 Array = np.ndarray
 
@@ -85,19 +85,7 @@ _REFERENCE_DIM = 1280.0
 _SUBPIXEL_BITS = 4
 _BOARD_SUPERSAMPLE = 4
 # Homographic augmentation of the reference's magic-point_shapes.yaml.
-MAGICPOINT_HOMOGRAPHY: dict[str, Any] = {
-    "translation": True,
-    "rotation": True,
-    "scaling": True,
-    "perspective": True,
-    "scaling_amplitude": 0.2,
-    "perspective_amplitude_x": 0.2,
-    "perspective_amplitude_y": 0.2,
-    "patch_ratio": 0.8,
-    "max_angle": 1.57,
-    "allow_artifacts": True,
-    "translation_overflow": 0.05,
-}
+MAGICPOINT_HOMOGRAPHY: dict[str, Any] = HOMOGRAPHY_PRESETS["magicpoint_shapes"]
 
 
 # ----------------------------------------------------------------------------- colours

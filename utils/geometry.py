@@ -59,6 +59,29 @@ class HomographyConfig:
         return asdict(self)
 
 
+# Homography sampling of the SuperPoint reference recipes (rpautrat's configs), by name:
+# Synthetic Shapes augmentation, and real-image (COCO/KITTI) augmentation and HA export.
+_REFERENCE_WARP = {
+    "translation": True,
+    "rotation": True,
+    "scaling": True,
+    "perspective": True,
+    "scaling_amplitude": 0.2,
+    "perspective_amplitude_x": 0.2,
+    "perspective_amplitude_y": 0.2,
+    "max_angle": 1.57,
+    "allow_artifacts": True,
+}
+HOMOGRAPHY_PRESETS: dict[str, dict] = {
+    "magicpoint_shapes": {
+        **_REFERENCE_WARP,
+        "patch_ratio": 0.8,
+        "translation_overflow": 0.05,
+    },
+    "coco": {**_REFERENCE_WARP, "patch_ratio": 0.85},
+}
+
+
 def _truncated_normal(rng: np.random.Generator, std: float, size=None) -> Array:
     """Normal(0, std) truncated at two standard deviations (as tf.truncated_normal)."""
     out = rng.normal(0.0, std, size=size)

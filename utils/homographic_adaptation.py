@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 from utils.geometry import (
+    HOMOGRAPHY_PRESETS,
     HomographyConfig,
     sample_homography,
     valid_mask,
@@ -50,18 +51,7 @@ from utils.keypoints import extract_keypoints
 AGGREGATIONS = ("sum", "mean", "max")
 
 # Homography sampling of the reference's HA export (magic-point_coco_export.yaml).
-HA_HOMOGRAPHY: dict = {
-    "translation": True,
-    "rotation": True,
-    "scaling": True,
-    "perspective": True,
-    "scaling_amplitude": 0.2,
-    "perspective_amplitude_x": 0.2,
-    "perspective_amplitude_y": 0.2,
-    "patch_ratio": 0.85,
-    "max_angle": 1.57,
-    "allow_artifacts": True,
-}
+HA_HOMOGRAPHY: dict = HOMOGRAPHY_PRESETS["coco"]
 
 Detector = Callable[[torch.Tensor], torch.Tensor]
 """``(B, C, H, W)`` images in [0, 1] to ``(B, H, W)`` keypoint probabilities."""
