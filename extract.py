@@ -280,6 +280,25 @@ class ExtractionReport:
     failed: int = 0
 
 
+def _extract_or_skip(
+    extractor: Extractor,
+    image: Path,
+    resize: str,
+    top_k: int | None,
+    skip_bad: bool,
+    report: ExtractionReport,
+) -> dict[str, np.ndarray] | None:
+    """Features of one image; with ``skip_bad`` a bad image warns, counts as failed, None."""
+    try:
+        return extract_image(extractor, image, resize, top_k)
+    except UserError as err:
+        if not skip_bad:
+            raise
+        print(f"warning: skipped: {err}", file=sys.stderr)
+        report.failed += 1
+        return None
+
+
 def extract_to_files(
     extractor: Extractor,
     jobs: list[tuple[Path, Path]],
@@ -300,13 +319,8 @@ def extract_to_files(
     for image, output in tqdm(
         todo, desc=f"extract {extractor.tag}", disable=not progress
     ):
-        try:
-            feats = extract_image(extractor, image, resize, top_k)
-        except UserError as err:
-            if not skip_bad:
-                raise
-            print(f"warning: skipped: {err}", file=sys.stderr)
-            report.failed += 1
+        feats = _extract_or_skip(extractor, image, resize, top_k, skip_bad, report)
+        if feats is None:
             continue
         write_features(output, feats)
         report.written += 1
@@ -343,13 +357,10 @@ def extract_to_h5(
                 if name in h5 and not overwrite:
                     report.skipped += 1
                     continue
-                try:
-                    feats = extract_image(extractor, path, resize, top_k)
-                except UserError as err:
-                    if not skip_bad:
-                        raise
-                    print(f"warning: skipped: {err}", file=sys.stderr)
-                    report.failed += 1
+                feats = _extract_or_skip(
+                    extractor, path, resize, top_k, skip_bad, report
+                )
+                if feats is None:
                     continue
                 if name in h5:
                     del h5[name]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,8 +142,3 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool = True) 
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to_device(v, device, non_blocking) for v in batch)
     return batch
-
-
-def iterate_forever(loader: torch.utils.data.DataLoader) -> Iterator:
-    while True:
-        yield from loader
