@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 import torch
 
+from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.geometry import warp_image, warp_points
 
@@ -433,21 +434,8 @@ class R2D2PairDataset(torch.utils.data.Dataset):
     }
 
     def __init__(self, conf: dict[str, Any]) -> None:
-        conf = dict(conf or {})
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise UserError(
-                f"unknown data key(s) {sorted(unknown)} "
-                f"(valid: {', '.join(sorted(self.default_conf))})"
-            )
-        synthetic = {
-            **self.default_conf["synthetic"],
-            **dict(conf.get("synthetic") or {}),
-        }
-        bad = set(synthetic) - set(self.default_conf["synthetic"])
-        if bad:
-            raise UserError(f"unknown data.synthetic key(s) {sorted(bad)}")
-        self.conf = {**self.default_conf, **conf, "synthetic": synthetic}
+        self.conf = merge_config(self.default_conf, conf or {}, prefix="data.")
+        synthetic = self.conf["synthetic"]
         sources = dict(self.conf["sources"] or {})
         use = self.conf["use"] or list(sources)
         if not use:

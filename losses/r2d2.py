@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.config import merge_config
 from utils.errors import UserError
 from utils.geometry import pixel_to_grid
 
@@ -559,25 +560,7 @@ class R2D2Loss(nn.Module):
 
     def __init__(self, conf: dict[str, Any] | None = None) -> None:
         super().__init__()
-        conf = dict(conf or {})
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise UserError(
-                f"unknown R2D2 loss key(s) {sorted(unknown)} "
-                f"(valid: {', '.join(sorted(self.default_conf))})"
-            )
-        sampler_conf = dict(conf.pop("sampler", None) or {})
-        bad = set(sampler_conf) - set(self.default_conf["sampler"])
-        if bad:
-            raise UserError(
-                f"unknown R2D2 sampler key(s) {sorted(bad)} "
-                f"(valid: {', '.join(sorted(self.default_conf['sampler']))})"
-            )
-        self.conf = {
-            **self.default_conf,
-            **conf,
-            "sampler": {**self.default_conf["sampler"], **sampler_conf},
-        }
+        self.conf = merge_config(self.default_conf, conf or {}, prefix="loss.")
         c = self.conf
         sampler = NghSampler(**c["sampler"])
         if c["reliability"] == "ap":

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from losses.r2d2 import R2D2Loss
 from models.base_model import BaseModel
+from utils.config import merge_config
 from utils.constructor_parser import parse_constructor
 from utils.errors import UserError
 
@@ -403,7 +404,7 @@ class R2D2Extractor(nn.Module):
         "scale_f": 2**0.25,
         "min_scale": 0.0,
         "max_scale": 1.0,
-        "autocast": False,
+        "autocast": None,
         "fp32_first_convs": 2,
         "channels_last": True,
         "weights": None,
@@ -414,14 +415,7 @@ class R2D2Extractor(nn.Module):
 
     def __init__(self, conf: dict[str, Any] | None = None, net: R2D2Net | None = None):
         super().__init__()
-        conf = dict(conf or {})
-        unknown = set(conf) - set(self.default_conf)
-        if unknown:
-            raise UserError(
-                f"unknown R2D2 extractor option(s) {sorted(unknown)} "
-                f"(valid: {', '.join(sorted(self.default_conf))})"
-            )
-        self.conf = {**self.default_conf, **conf}
+        self.conf = merge_config(self.default_conf, conf or {}, prefix="extractor.")
         if self.conf["autocast"] not in (False, True, None, "bf16", "fp16", "fp32"):
             raise UserError(
                 f"autocast={self.conf['autocast']!r}: expected false, bf16 or fp16"

@@ -213,8 +213,12 @@ def test_extractor_contract():
     assert len(full) and torch.equal(full, full.round())
     with pytest.raises(ValueError, match="1, 3, H, W"):
         extractor(torch.rand(2, 3, 32, 32))
-    with pytest.raises(UserError, match="unknown R2D2 extractor option"):
+    with pytest.raises(
+        UserError, match="'extractor.topk'; did you mean 'extractor.top_k'"
+    ):
         R2D2Extractor({"topk": 3})
+    with pytest.raises(UserError, match="'extractor.min_size' expects int"):
+        R2D2Extractor({"min_size": "big"})
 
 
 @pytest.mark.parametrize("fast", [False, True])
