@@ -164,6 +164,17 @@ class ModelExtractor:
         return feats
 
 
+def extractor_options(model: str) -> tuple[str, ...]:
+    """The ``conf`` keys :func:`build_extractor` accepts for ``model``."""
+    if model.lower() in ("sift", "orb"):
+        return ("top_k",)
+    from models.extractor import extractor_options as checkpoint_options
+
+    if not Path(model).is_file():
+        raise UserError(f"{model}: checkpoint file does not exist")
+    return checkpoint_options(model)
+
+
 def build_extractor(
     model: str, device: str = "cpu", conf: dict | None = None
 ) -> Extractor:

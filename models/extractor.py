@@ -19,11 +19,24 @@ import torch.nn.functional as F
 from utils.errors import UserError
 from utils.io import load_checkpoint
 
-DETECTION_KEYS = ("detection_threshold", "nms_radius", "remove_borders", "top_k")
+SUPERPOINT_OPTIONS = (
+    "detection_threshold",
+    "nms_radius",
+    "remove_borders",
+    "top_k",
+    "descriptor_sampling",
+)
 
 
-def check_and_load_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` strictly; on mismatch raise one line naming the first bad key."""
+def check_and_load_state_dict(
+    model: torch.nn.Module, state: dict, source: str, allow_missing: bool = False
+) -> list[str]:
+    """Load ``state``; on mismatch raise one line naming the first bad key.
+
+    Every key of ``state`` must exist in the model with the same shape. With
+    ``allow_missing`` the model may have keys ``state`` lacks (they keep their values, e.g.
+    the descriptor head when a SuperPoint starts from a MagicPoint); they are returned.
+    """
     expected = model.state_dict()
     for key, value in state.items():
         if key not in expected:
@@ -36,11 +49,14 @@ def check_and_load_state_dict(model: torch.nn.Module, state: dict, source: str) 
                 f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
             )
     missing = [k for k in expected if k not in state]
-    if missing:
+    if missing and not allow_missing:
         raise UserError(
             f"weights '{source}' do not match the model: missing key '{missing[0]}'"
         )
-    model.load_state_dict(state, strict=True)
+    if len(missing) == len(expected):
+        raise UserError(f"weights '{source}' share no key with the model")
+    model.load_state_dict(state, strict=not allow_missing)
+    return missing
 
 
 class Extractor:
@@ -84,6 +100,19 @@ class Extractor:
         return result
 
 
+def extractor_options(path: str) -> tuple[str, ...]:
+    """The ``conf`` keys :func:`load_extractor` accepts for the weight file ``path``.
+
+    Evaluation presets carry SuperPoint-family detection settings (threshold, NMS radius);
+    callers use this to apply only what a given model understands.
+    """
+    from models.r2d2 import EXTRACTOR_OPTIONS, is_r2d2_checkpoint
+
+    if is_r2d2_checkpoint(load_checkpoint(path)):
+        return (*EXTRACTOR_OPTIONS, "precision")
+    return (*SUPERPOINT_OPTIONS, "precision")
+
+
 def load_extractor(
     path: str, device: str = "cpu", conf: dict[str, Any] | None = None
 ) -> Extractor | Any:
@@ -113,11 +142,10 @@ def load_extractor(
         # extraction with R2D2's own options.
         return load_r2d2_extractor(ckpt, str(path), device=device, conf=conf)
     precision = conf.pop("precision", "fp32")
-    valid = (*DETECTION_KEYS, "descriptor_sampling")
-    unknown = set(conf) - set(valid)
+    unknown = set(conf) - set(SUPERPOINT_OPTIONS)
     if unknown:
         raise UserError(
-            f"unknown extractor option(s) {sorted(unknown)}; valid: {valid}"
+            f"unknown extractor option(s) {sorted(unknown)}; valid: {SUPERPOINT_OPTIONS}"
         )
     if isinstance(ckpt, dict) and ("model" in ckpt) != ("config" in ckpt):
         raise UserError(

@@ -330,3 +330,18 @@ def test_d2net_evaluation_of_a_checkpoint(tmp_path, photos, capsys):
     summary = json.loads((out / "summary.json").read_text())
     mma3 = summary["results"]["all"]["mma@3"]
     assert 0.0 <= mma3 <= 1.0 and summary["preset"]["name"].startswith("d2net[")
+    capsys.readouterr()
+    # The superpoint preset's detection threshold and NMS radius are SuperPoint settings:
+    # an R2D2 model gets its own options and the shared keypoint budget, with a note.
+    conf = conf[:-1] + ', "detection_threshold": 0.015, "nms_radius": 4, "top_k": 5}'
+    code = evaluate_main(
+        ["--data", str(data), "--preset", "superpoint", "--model"]
+        + [str(latest_checkpoint(tmp_path / "ev")), "--tag", "r2d2sp"]
+        + ["--out", str(tmp_path / "eval_sp"), "--set", f"extractor_conf={conf}"]
+        + ["--num-match-plots", "0"]
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "detection_threshold, nms_radius not applied" in err
+    with np.load(next(data.glob("v_*/1.ppm.r2d2sp"))) as f:
+        assert 0 < len(f["keypoints"]) <= 5

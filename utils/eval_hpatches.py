@@ -931,13 +931,21 @@ def export_features(
     progress: bool = True,
 ) -> str:
     """Extract features for a preset (skipping finished files); returns the tag."""
-    from extract import build_extractor, extract_to_files
+    from extract import build_extractor, extract_to_files, extractor_options
 
-    conf = dict(preset.extractor_conf)
-    if model.lower() in ("sift", "orb"):
-        # Detection threshold and NMS belong to the learned detectors; OpenCV baselines
-        # only take the keypoint budget.
-        conf = {"top_k": preset.top_k} if preset.top_k else {}
+    # The presets' detection threshold and NMS radius are SuperPoint-family settings; a
+    # model that has its own (R2D2) or none (SIFT, ORB) gets only what it understands,
+    # and the keypoint budget (top_k) is applied to every model after extraction.
+    understood = set(extractor_options(model))
+    conf = {k: v for k, v in preset.extractor_conf.items() if k in understood}
+    dropped = sorted(set(preset.extractor_conf) - understood)
+    if dropped:
+        print(
+            f"evaluation.py hpatches: note: preset {preset.name}'s "
+            f"{', '.join(dropped)} not applied to {model} "
+            f"(it takes {', '.join(sorted(understood))})",
+            file=sys.stderr,
+        )
     extractor = build_extractor(model, device, conf)
     tag = tag or f"{extractor.tag}-{preset.name}"
     jobs = []
