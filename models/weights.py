@@ -249,6 +249,54 @@ def load_model(
     return model.eval(), fmt
 
 
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Start training from the weights of another run or a published file.
+
+    Every tensor of the file must fit a parameter or buffer of ``model`` (same name after
+    the key maps of :func:`convert_state_dict`, same shape); parameters the file lacks keep
+    their fresh initialisation, which is how a SuperPoint starts from a MagicPoint (the
+    descriptor head is new). Returns the names of those parameters.
+
+    Raises:
+        UserError: missing or unreadable file, unknown format, a tensor the model has no
+            place for (named), or a file sharing nothing with the model.
+    """
+    from models.extractor import check_and_load_state_dict
+    from utils.io import load_checkpoint
+
+    _, state, _ = convert_state_dict(load_checkpoint(path), str(path))
+    return check_and_load_state_dict(model, state, str(path), allow_missing=True)
+
+
+ARCHITECTURE_KEYS = (
+    "input_channels",
+    "channels",
+    "head_channels",
+    "batch_norm",
+    "batch_norm_order",
+    "batch_norm_eps",
+)
+
+
+def architecture_overrides(path: str | Path) -> list[str]:
+    """``model.key=value`` overrides giving a config the network shape of a weight file.
+
+    Used to fine-tune from a checkpoint whose widths differ from a config's (the demo starts
+    its real-image rounds from the half-width CPU MagicPoint), e.g.
+    ``['model.channels=[32,32,64,64]', 'model.head_channels=128', ...]``.
+    """
+    import json
+
+    from utils.io import load_checkpoint
+
+    _, _, conf = convert_state_dict(load_checkpoint(path), str(path))
+    return [
+        f"model.{key}={json.dumps(conf[key], separators=(',', ':'))}"
+        for key in ARCHITECTURE_KEYS
+        if key in conf
+    ]
+
+
 @torch.inference_mode()
 def reference_frontend(
     model: torch.nn.Module,
@@ -293,3 +341,18 @@ def reference_frontend(
     desc = F.grid_sample(coarse, grid[None, None], align_corners=True)[0, :, 0]
     desc = desc / desc.norm(dim=0, keepdim=True)
     return kept.astype(np.float32), values, desc.t().numpy()
+
+
+if __name__ == "__main__":
+    # python -m models.weights CKPT: the architecture overrides of a weight file, one line.
+    import sys
+
+    from utils.errors import run_cli
+
+    def _print_overrides() -> int:
+        if len(sys.argv) != 2:
+            raise UserError("usage: python -m models.weights CHECKPOINT")
+        print(" ".join(architecture_overrides(sys.argv[1])))
+        return 0
+
+    sys.exit(run_cli(_print_overrides, "models.weights"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole SuperPoint recipe on the photos bundled with scikit-image (no download):
 #   MagicPoint on Synthetic Shapes -> homographic adaptation (HA) of the photos ->
-#   MagicPoint on the HA labels -> HA again -> SuperPoint joint training ->
+#   MagicPoint on the HA labels -> HA again -> SuperPoint joint training (each round starting
+#   from the previous round's weights) ->
 #   HPatches-format demo evaluation (superpoint preset), numbers printed.
 # Every step resumes: a re-run continues training runs from their last checkpoint and the
 # HA export skips images already labelled. The step counts below are demo-sized (the
@@ -42,6 +43,11 @@ if [ -z "$MAGICPOINT" ]; then
   MAGICPOINT=$(last_ckpt "$EXP0")
 fi
 
+# The real-image rounds fine-tune from the previous detector (train.init_weights), so they
+# keep its network shape (e.g. the half-width CPU MagicPoint of the main job). Trained from
+# scratch for only a few hundred steps, a detector still predicts "no keypoint" everywhere.
+ARCH=$(python -m models.weights "$MAGICPOINT")
+
 # 1. HA labels of the built-in photos with the synthetic MagicPoint.
 python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
   data.layout=folder export.num_homographies="$NUM_H" export.device="$DEVICE" \
@@ -52,7 +58,8 @@ EXP1=${PREFIX}_magicpoint_round1
 python train_superpoint.py configs/magicpoint_coco_train.yaml \
   data.root=builtin data.layout=folder data.labels_dir="$DATA/ha_round1" \
   train.max_steps="$MP_STEPS" train.batch_size=8 train.num_workers=2 \
-  train.val_every=250 train.save_every=250 train.val_batches=2 train.device="$DEVICE" \
+  train.val_every=100 train.save_every=100 train.val_batches=2 train.device="$DEVICE" \
+  train.init_weights="$MAGICPOINT" $ARCH \
   --logdir "$LOGS" --exp "$EXP1" $(resume "$EXP1")
 
 # 3. HA labels again, with the round-1 MagicPoint.
@@ -66,6 +73,7 @@ python train_superpoint.py configs/superpoint_coco.yaml \
   data.root=builtin data.layout=folder data.labels_dir="$DATA/ha_round2" \
   train.max_steps="$SP_STEPS" train.batch_size=4 train.num_workers=2 \
   train.val_every=100 train.save_every=100 train.val_batches=2 train.device="$DEVICE" \
+  train.init_weights="$(last_ckpt "$EXP1")" $ARCH \
   --logdir "$LOGS" --exp "$EXP2" $(resume "$EXP2")
 
 # 5. HPatches-format demo sequences from the same photos, then the superpoint protocol.

@@ -7,6 +7,7 @@ import torch
 import train_superpoint
 from datasets.superpoint_pairs import SuperPointPairs
 from export import main as export_main
+from models import build_model
 from models.superpoint import SuperPoint
 from utils.engine import latest_checkpoint
 from utils.errors import UserError
@@ -137,3 +138,41 @@ def test_train_superpoint_runs_and_resumes(labels, tmp_path):
     assert saved["config"]["loss"]["descriptor_loss"] == "sparse"
     assert (tmp_path / "sp" / "checkpoints" / "best.pt").is_file()
     assert any(p.name.startswith("events.out") for p in (tmp_path / "sp").iterdir())
+
+
+def test_superpoint_starts_from_a_magicpoint(labels, tmp_path, capsys):
+    conf = {"channels": [8, 8, 16, 16], "head_channels": 16}
+    magicpoint = build_model({"name": "magicpoint", **conf})
+    path = tmp_path / "magicpoint.pt"
+    torch.save(
+        {"model": magicpoint.state_dict(), "config": {"model": magicpoint.conf}}, path
+    )
+    args = [
+        "configs/superpoint_coco.yaml",
+        "data.root=builtin",
+        "data.layout=folder",
+        f"data.labels_dir={labels}",
+        "data.max_images=6",
+        "data.image_size=[64,96]",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.max_steps=1",
+        "train.lr=0.0",  # the step leaves the weights as loaded
+        "train.device=cpu",
+        "train.precision=fp32",
+        f"train.init_weights={path}",
+        *TINY_MODEL,
+        "--logdir",
+        str(tmp_path),
+    ]
+    trainer = train_superpoint.run([*args, "--exp", "init"])
+    out = capsys.readouterr().out
+    assert "new: convDa.0, convDb.0" in out
+    state = trainer.model.state_dict()
+    for key, value in magicpoint.state_dict().items():
+        assert torch.equal(state[key], value), key
+    # A detector of another width is refused, naming the first tensor that does not fit.
+    wide = build_model({"name": "magicpoint", **conf, "channels": [16, 8, 16, 16]})
+    torch.save({"model": wide.state_dict(), "config": {"model": wide.conf}}, path)
+    assert train_superpoint.main([*args, "--exp", "bad"]) == 2
+    assert "key 'conv1a.0.weight' has shape (16, 1, 3, 3)" in capsys.readouterr().err

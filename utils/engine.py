@@ -85,6 +85,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "nan_policy": "skip",
     "max_nan_steps": 20,
     "channels_last": False,
+    # Weights to start a fresh run from (a train_*.py checkpoint or a published SuperPoint
+    # file); parameters the file lacks keep their initialisation. Ignored by --resume.
+    "init_weights": None,
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

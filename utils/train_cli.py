@@ -127,6 +127,8 @@ def train(
     try:
         seed_everything(conf["train"]["seed"], dist_info.rank)
         model, train_set, val_set = build(conf)
+        if resume is None and conf["train"]["init_weights"]:
+            init_from(model, conf["train"]["init_weights"], dist_info.rank)
         trainer = Trainer(
             conf,
             model,
@@ -143,6 +145,22 @@ def train(
         return trainer
     finally:
         cleanup_distributed()
+
+
+def init_from(model: Any, path: str, rank: int = 0) -> None:
+    """Load ``train.init_weights`` into a fresh model and say what it covered."""
+    from models.weights import load_initial_weights
+
+    if not Path(path).is_file():
+        raise UserError(f"train.init_weights: '{path}' does not exist")
+    fresh = load_initial_weights(model, path)
+    if rank == 0:
+        total = len(model.state_dict())
+        note = f"initialised {total - len(fresh)}/{total} tensors from {path}"
+        if fresh:
+            prefixes = sorted({k.rsplit(".", 1)[0] for k in fresh})
+            note += f"; new: {', '.join(prefixes)}"
+        print(note)
 
 
 def main_from(run: Callable[[Sequence[str] | None], Any], argv, prog: str) -> int:
