@@ -41,8 +41,11 @@ def run(args, capsys):
 def test_export_writes_labels_and_skips_finished(tmp_path, capsys):
     names = write_images(tmp_path / "images")
     out = tmp_path / "labels"
-    code, _ = run(["--images", str(tmp_path / "images"), "--out", str(out)], capsys)
+    code, captured = run(
+        ["--images", str(tmp_path / "images"), "--out", str(out)], capsys
+    )
     assert code == 0
+    counts = []
     for name in names:
         with np.load(out / f"{name}.npz") as data:
             points, scores = data["points"], data["scores"]
@@ -50,6 +53,9 @@ def test_export_writes_labels_and_skips_finished(tmp_path, capsys):
         assert points.shape == (len(scores), 2) and len(points) > 0
         assert np.all(scores > 0.015) and np.all(np.diff(scores) <= 0)
         assert np.all((points >= 0) & (points < [96, 64]))
+        counts.append(len(points))
+    assert f"{np.mean(counts):.1f} keypoints/image" in captured.out
+    assert "no keypoint" not in captured.err
     before = (out / "img0.npz").stat().st_mtime_ns
     code, captured = run(
         ["--images", str(tmp_path / "images"), "--out", str(out)], capsys
@@ -59,6 +65,14 @@ def test_export_writes_labels_and_skips_finished(tmp_path, capsys):
     )
     assert (out / "img0.npz").stat().st_mtime_ns == before
     assert not list(out.glob(".*.tmp"))
+
+
+def test_images_without_keypoints_are_reported(tmp_path, capsys):
+    write_images(tmp_path / "images")
+    args = ["--images", str(tmp_path / "images"), "--out", str(tmp_path / "labels")]
+    code, captured = run([*args, "export.detection_threshold=1.5"], capsys)
+    assert code == 0 and "0.0 keypoints/image" in captured.out
+    assert "3 of 3 exported image(s) have no keypoint" in captured.err
 
 
 def test_shards_split_the_work_and_agree(tmp_path, capsys):

@@ -442,7 +442,7 @@ def export_main(argv: list[str] | None = None) -> int:
             save_config(conf, out / "export_config.yaml")
         size = tuple(int(v) for v in conf["data"]["image_size"])
         failed: list[str] = []
-        done = skipped = 0
+        done = skipped = total_points = empty = 0
         overlays_left = int(ex["overlays"])
         start = time.perf_counter()
         bar = tqdm(
@@ -494,6 +494,8 @@ def export_main(argv: list[str] | None = None) -> int:
                 arrays["prob"] = result.prob.cpu().numpy().astype(np.float16)
             atomic_savez(target, **arrays)
             done += 1
+            total_points += len(points)
+            empty += len(points) == 0
             if overlays_left > 0:
                 overlays_left -= 1
                 png = _overlay(image[0], points, result.prob)
@@ -504,10 +506,18 @@ def export_main(argv: list[str] | None = None) -> int:
         bar.close()
         elapsed = time.perf_counter() - start
         rate = done / elapsed if elapsed > 0 else 0.0
+        mean_points = f", {total_points / done:.1f} keypoints/image" if done else ""
         print(
-            f"homographic adaptation: {done} exported ({rate:.2f} images/s), "
+            f"homographic adaptation: {done} exported ({rate:.2f} images/s{mean_points}), "
             f"{skipped} already done, {len(failed)} failed; labels in {out}"
         )
+        if empty:
+            print(
+                f"warning: {empty} of {done} exported image(s) have no keypoint above "
+                f"export.detection_threshold={ex['detection_threshold']} "
+                "(an untrained or collapsed detector?)",
+                file=sys.stderr,
+            )
         if failed:
             print(
                 f"warning: {len(failed)} unreadable image(s) skipped: "
