@@ -18,7 +18,9 @@ SHAPES_CONFIG=${SHAPES_CONFIG:-configs/magicpoint_shapes_cpu.yaml}  # MagicPoint
 MP_STEPS=${MP_STEPS:-200}            # MagicPoint on HA labels (one round, fine-tuning)
 SP_STEPS=${SP_STEPS:-300}            # SuperPoint joint training
 NUM_H=${NUM_H:-100}                  # homographies per image in HA
+HP_SEQUENCES=${HP_SEQUENCES:-}       # demo HPatches sequences per kind (default: all 18)
 DEVICE=${DEVICE:-auto}
+PYTHON=${PYTHON:-python}               # interpreter (e.g. a virtualenv's)
 LOGS=${LOGS:-logs}
 DATA=${DATA:-data/superpoint_demo}
 PREFIX=${PREFIX:-demo}
@@ -32,23 +34,23 @@ resume() { if [ -n "$(last_ckpt "$1")" ]; then echo --resume; fi; }
 EXP0=${PREFIX}_magicpoint_shapes
 MAGICPOINT=${MAGICPOINT:-}
 if [ -z "$MAGICPOINT" ]; then
-  python train_superpoint.py "$SHAPES_CONFIG" train.device="$DEVICE" \
+  "$PYTHON" train_superpoint.py "$SHAPES_CONFIG" train.device="$DEVICE" \
     --logdir "$LOGS" --exp "$EXP0" $(resume "$EXP0")
   MAGICPOINT="$LOGS/$EXP0/checkpoints/best.pt"
 fi
 
 # The real-image rounds fine-tune from the previous detector (train.init_weights), so they
 # keep its network shape (e.g. the half-width CPU MagicPoint of the main job).
-ARCH=$(python -m models.weights "$MAGICPOINT")
+ARCH=$("$PYTHON" -m models.weights "$MAGICPOINT")
 
 # 1. HA labels of the built-in photos with the synthetic MagicPoint.
-python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
+"$PYTHON" export.py homography_adaptation configs/magicpoint_coco_export.yaml \
   data.layout=folder export.num_homographies="$NUM_H" export.device="$DEVICE" \
   --images builtin --checkpoint "$MAGICPOINT" --out "$DATA/ha_round1"
 
 # 2. MagicPoint trained on those labels (augmented real images).
 EXP1=${PREFIX}_magicpoint_round1
-python train_superpoint.py configs/magicpoint_coco_train.yaml \
+"$PYTHON" train_superpoint.py configs/magicpoint_coco_train.yaml \
   data.root=builtin data.layout=folder data.labels_dir="$DATA/ha_round1" \
   train.max_steps="$MP_STEPS" train.batch_size=8 train.num_workers=2 \
   train.val_every=100 train.save_every=100 train.val_batches=2 train.device="$DEVICE" \
@@ -56,13 +58,13 @@ python train_superpoint.py configs/magicpoint_coco_train.yaml \
   --logdir "$LOGS" --exp "$EXP1" $(resume "$EXP1")
 
 # 3. HA labels again, with the round-1 MagicPoint.
-python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
+"$PYTHON" export.py homography_adaptation configs/magicpoint_coco_export.yaml \
   data.layout=folder export.num_homographies="$NUM_H" export.device="$DEVICE" \
   --images builtin --checkpoint "$(last_ckpt "$EXP1")" --out "$DATA/ha_round2"
 
 # 4. SuperPoint joint training on warped pairs with the round-2 labels.
 EXP2=${PREFIX}_superpoint
-python train_superpoint.py configs/superpoint_coco.yaml \
+"$PYTHON" train_superpoint.py configs/superpoint_coco.yaml \
   data.root=builtin data.layout=folder data.labels_dir="$DATA/ha_round2" \
   train.max_steps="$SP_STEPS" train.batch_size=4 train.num_workers=2 \
   train.val_every=100 train.save_every=100 train.val_batches=2 train.device="$DEVICE" \
@@ -71,8 +73,9 @@ python train_superpoint.py configs/superpoint_coco.yaml \
 
 # 5. HPatches-format demo sequences from the same photos, then the superpoint protocol.
 if [ ! -d "$DATA/hpatches_demo" ]; then
-  python data_gen.py hpatches_demo --images builtin --out "$DATA/hpatches_demo"
+  "$PYTHON" data_gen.py hpatches_demo --images builtin --out "$DATA/hpatches_demo" \
+    ${HP_SEQUENCES:+--num-sequences "$HP_SEQUENCES"}
 fi
-python evaluation.py hpatches --preset superpoint --data "$DATA/hpatches_demo" \
+"$PYTHON" evaluation.py hpatches --preset superpoint --data "$DATA/hpatches_demo" \
   --model "$(last_ckpt "$EXP2")" --tag "${PREFIX}_superpoint" \
   --out "$DATA/eval_superpoint" --device "$DEVICE"
