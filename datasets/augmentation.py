@@ -11,18 +11,24 @@ pixel convention (centre of the top-left pixel at (0, 0)).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import cv2
 import numpy as np
 
+from datasets.photometric import parse_primitives as parse_photometric
+from datasets.photometric import photometric_augment, resolve_params
 from utils.errors import UserError
 from utils.geometry import (
     HomographyConfig,
     points_inside,
-    sample_homography,
     valid_mask,
     warp_image,
     warp_points,
 )
+from utils.homographic_adaptation import draw_homography
 
 Array = np.ndarray
 
@@ -42,6 +48,99 @@ def homography_config(params: dict | HomographyConfig | None) -> HomographyConfi
         ) from err
 
 
+def augmentation_defaults(valid_border_margin: int) -> dict[str, Any]:
+    """Defaults of a dataset's ``data.augmentation`` section (both kinds off)."""
+    return {
+        "splits": ["train"],
+        "photometric": {
+            "enable": False,
+            "primitives": "all",
+            "params": {},
+            "random_order": True,
+        },
+        "homographic": {
+            "enable": False,
+            "params": {},
+            "valid_border_margin": valid_border_margin,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The ``data.augmentation`` section of one dataset split, parsed once.
+
+    ``photometric`` / ``homographic`` say whether each kind runs on this split; the rest are
+    the resolved settings that :meth:`photometric_step` and :meth:`homographic_step` use.
+    """
+
+    photometric: bool
+    photometric_names: list[str]
+    photometric_params: dict[str, dict]
+    random_order: bool
+    homographic: bool
+    homography: HomographyConfig
+    border_margin: int
+
+    @classmethod
+    def from_conf(
+        cls,
+        aug: Mapping[str, Any],
+        split: str,
+        base_homography: Mapping[str, Any],
+        splits: Sequence[str],
+    ) -> Augmentation:
+        """Parse a merged ``data.augmentation`` section for ``split``.
+
+        ``base_homography`` is the dataset's reference homography preset, which
+        ``homographic.params`` overrides key by key; ``splits`` are the dataset's split names.
+
+        Raises:
+            UserError: an unknown split name, photometric primitive or homography key.
+        """
+        for name in aug["splits"]:
+            if name not in splits:
+                raise UserError(
+                    f"data.augmentation.splits: unknown split {name!r}; "
+                    f"valid: {', '.join(splits)}"
+                )
+        on = split in aug["splits"]
+        photometric, homographic = aug["photometric"], aug["homographic"]
+        return cls(
+            photometric=bool(photometric["enable"]) and on,
+            photometric_names=parse_photometric(photometric["primitives"]),
+            photometric_params=resolve_params(photometric["params"]),
+            random_order=bool(photometric["random_order"]),
+            homographic=bool(homographic["enable"]) and on,
+            homography=homography_config(
+                {**base_homography, **(homographic["params"] or {})}
+            ),
+            border_margin=int(homographic["valid_border_margin"]),
+        )
+
+    def photometric_step(self, image: Array, rng: np.random.Generator) -> Array:
+        """The photometric augmentation of ``image`` (unchanged when it is off)."""
+        if not self.photometric:
+            return image
+        return photometric_augment(
+            image,
+            rng,
+            self.photometric_names,
+            self.photometric_params,
+            self.random_order,
+        )
+
+    def homographic_step(
+        self, image: Array, points: Array, rng: np.random.Generator
+    ) -> tuple[Array, Array, Array]:
+        """``(image, points, valid mask)`` after the homographic augmentation (when on)."""
+        if not self.homographic:
+            return image, points, np.ones(image.shape[:2], bool)
+        conf = {"params": self.homography, "valid_border_margin": self.border_margin}
+        image, points, mask, _ = homographic_augment(image, points, rng, conf)
+        return image, points, mask
+
+
 def homographic_augment(
     image: Array,
     keypoints: Array,
@@ -49,6 +148,10 @@ def homographic_augment(
     conf: dict | None = None,
 ) -> tuple[Array, Array, Array, Array]:
     """Warp an image and its keypoints by a random homography.
+
+    The homography comes from :func:`utils.homographic_adaptation.draw_homography`:
+    :func:`utils.geometry.sample_homography`, redrawn in the rare case (``allow_artifacts``)
+    where the scaled patch cannot be placed; a first successful draw is used as is.
 
     Args:
         image: ``(H, W[, C])`` NumPy image (any dtype OpenCV warps).
@@ -83,7 +186,7 @@ def homographic_augment(
     params = homography_config(conf.get("params"))
     margin = int(conf.get("valid_border_margin", 0))
     shape = image.shape[:2]
-    H = sample_homography(shape, rng, params)
+    H = draw_homography(shape, rng, params)
     warped = warp_image(image, H, interpolation=cv2.INTER_LINEAR)
     mask = valid_mask(shape, H, erosion_radius=margin)
     points = warp_points(np.asarray(keypoints, np.float64).reshape(-1, 2), H)

@@ -38,20 +38,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augmentation import homography_config, keypoint_map
+from datasets.augmentation import Augmentation, augmentation_defaults, keypoint_map
 from datasets.hpatches import IMAGE_EXTENSIONS, read_image
-from datasets.photometric import parse_primitives as parse_photometric
-from datasets.photometric import photometric_augment, resolve_params
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.geometry import (
     HOMOGRAPHY_PRESETS,
-    points_inside,
-    valid_mask,
-    warp_image,
-    warp_points,
 )
-from utils.homographic_adaptation import draw_homography
 
 Array = np.ndarray
 LAYOUTS = ("folder", "coco", "kitti")
@@ -215,33 +208,6 @@ def resize_image(image: Array, size: tuple[int, int] | list[int]) -> Array:
     )
 
 
-def warp_with_labels(
-    image: Array,
-    points: Array,
-    rng: np.random.Generator,
-    params: Any,
-    margin: int,
-) -> tuple[Array, Array, Array, Array]:
-    """Warp an image and its labels by a random homography.
-
-    Like :func:`datasets.augmentation.homographic_augment`, but draws the homography with
-    :func:`utils.homographic_adaptation.draw_homography` (valid with ``allow_artifacts``).
-
-    Returns:
-        ``(warped image, (M, 2) float32 points kept inside the valid area,
-        (H, W) bool valid mask eroded by margin, (3, 3) H)``.
-    """
-    shape = image.shape[:2]
-    H = draw_homography(shape, rng, params)
-    warped = warp_image(image, H, interpolation=cv2.INTER_LINEAR)
-    mask = valid_mask(shape, H, erosion_radius=margin)
-    moved = warp_points(np.asarray(points, np.float64).reshape(-1, 2), H)
-    moved = moved[points_inside(moved, shape)]
-    pixels = np.rint(moved).astype(np.int64)
-    keep = mask[pixels[:, 1], pixels[:, 0]] if len(moved) else np.zeros(0, bool)
-    return warped, moved[keep].astype(np.float32), mask, H
-
-
 def label_path(labels_dir: str | Path, name: str) -> Path:
     """Where the HA labels of image ``name`` are stored."""
     return Path(labels_dir) / f"{name}.npz"
@@ -303,16 +269,7 @@ class ImageFolder(Dataset):
         "image_size": [240, 320],
         "labels_dir": None,
         "seed": 0,
-        "augmentation": {
-            "splits": ["train"],
-            "photometric": {
-                "enable": False,
-                "primitives": "all",
-                "params": {},
-                "random_order": True,
-            },
-            "homographic": {"enable": False, "params": {}, "valid_border_margin": 3},
-        },
+        "augmentation": augmentation_defaults(valid_border_margin=3),
     }
 
     def __init__(self, conf: dict[str, Any] | None = None, split: str = "train"):
@@ -323,16 +280,9 @@ class ImageFolder(Dataset):
         if len(size) != 2 or size[0] % 8 or size[1] % 8:
             raise UserError(f"data.image_size must be [H, W], multiples of 8: {size}")
         self.image_size = (int(size[0]), int(size[1]))
-        aug = self.conf["augmentation"]
-        self.augment = split in aug["splits"]
-        self.photometric = bool(aug["photometric"]["enable"]) and self.augment
-        self.photometric_names = parse_photometric(aug["photometric"]["primitives"])
-        self.photometric_params = resolve_params(aug["photometric"]["params"])
-        self.homographic = bool(aug["homographic"]["enable"]) and self.augment
-        self.homography = homography_config(
-            {**COCO_HOMOGRAPHY, **(aug["homographic"]["params"] or {})}
+        self.aug = Augmentation.from_conf(
+            self.conf["augmentation"], split, COCO_HOMOGRAPHY, SPLITS
         )
-        self.border_margin = int(aug["homographic"]["valid_border_margin"])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -357,26 +307,11 @@ class ImageFolder(Dataset):
             return image, np.zeros((0, 2), np.float32)
         return image, load_labels(self.conf["labels_dir"], entry.name, self.image_size)
 
-    def photometric_aug(self, image: Array, rng: np.random.Generator) -> Array:
-        if not self.photometric:
-            return image
-        return photometric_augment(
-            image,
-            rng,
-            self.photometric_names,
-            self.photometric_params,
-            bool(self.conf["augmentation"]["photometric"]["random_order"]),
-        )
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, points = self.content(index)
         rng = self.rng(index)
-        image = self.photometric_aug(image, rng)
-        mask = np.ones(self.image_size, bool)
-        if self.homographic:
-            image, points, mask, _ = warp_with_labels(
-                image, points, rng, self.homography, self.border_margin
-            )
+        image = self.aug.photometric_step(image, rng)
+        image, points, mask = self.aug.homographic_step(image, points, rng)
         return {
             "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None],
             "keypoints": torch.from_numpy(np.ascontiguousarray(points, np.float32)),

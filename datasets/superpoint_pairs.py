@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.augmentation import homography_config, keypoint_map
+from datasets.augmentation import homographic_augment, homography_config, keypoint_map
 from datasets.image_folder import (
     COCO_HOMOGRAPHY,
     ImageFolder,
     show_main,
-    warp_with_labels,
 )
 
 Array = np.ndarray
@@ -62,11 +61,10 @@ class SuperPointPairs(ImageFolder):
         image, points = self.content(index)
         # Validation pairs are warped too (fixed per index since val uses epoch 0).
         rng_warp, rng0, rng1 = (self.rng(index, s) for s in range(3))
-        warped, points1, mask1, H = warp_with_labels(
-            image, points, rng_warp, self.pair_homography, self.pair_margin
-        )
-        image0 = self.photometric_aug(image, rng0)
-        image1 = self.photometric_aug(warped, rng1)
+        warp = {"params": self.pair_homography, "valid_border_margin": self.pair_margin}
+        warped, points1, mask1, H = homographic_augment(image, points, rng_warp, warp)
+        image0 = self.aug.photometric_step(image, rng0)
+        image1 = self.aug.photometric_step(warped, rng1)
 
         def tensor(x: Array) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(x, np.float32))

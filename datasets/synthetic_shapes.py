@@ -57,9 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.augmentation import homographic_augment, homography_config, keypoint_map
-from datasets.photometric import parse_primitives as parse_photometric
-from datasets.photometric import photometric_augment, resolve_params
+from datasets.augmentation import Augmentation, augmentation_defaults, keypoint_map
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.geometry import HOMOGRAPHY_PRESETS, points_inside, warp_points
@@ -1180,16 +1178,7 @@ class SyntheticShapes(Dataset):
         "split_sizes": {"train": 10000, "val": 200, "test": 500},
         "seed": 0,
         "cache_dir": None,
-        "augmentation": {
-            "splits": ["train"],
-            "photometric": {
-                "enable": False,
-                "primitives": "all",
-                "params": {},
-                "random_order": True,
-            },
-            "homographic": {"enable": False, "params": {}, "valid_border_margin": 2},
-        },
+        "augmentation": augmentation_defaults(valid_border_margin=2),
     }
 
     def __init__(self, conf: dict | None = None, split: str = "train") -> None:
@@ -1212,21 +1201,9 @@ class SyntheticShapes(Dataset):
         self.image_size = (int(size[0]), int(size[1]))
         self.epoch = 0
 
-        aug = conf["augmentation"]
-        for name in aug["splits"]:
-            if name not in SPLITS:
-                raise UserError(f"augmentation.splits: unknown split {name!r}")
-        self.augment = split in aug["splits"]
-        photometric = aug["photometric"]
-        self.photometric = bool(photometric["enable"]) and self.augment
-        self.photometric_names = parse_photometric(photometric["primitives"])
-        self.photometric_params = resolve_params(photometric["params"])
-        homographic = aug["homographic"]
-        self.homographic = bool(homographic["enable"]) and self.augment
-        self.homography = homography_config(
-            {**MAGICPOINT_HOMOGRAPHY, **(homographic["params"] or {})}
+        self.aug = Augmentation.from_conf(
+            conf["augmentation"], split, MAGICPOINT_HOMOGRAPHY, SPLITS
         )
-        self.border_margin = int(homographic["valid_border_margin"])
 
         self.cache: dict[str, _ShardIndex] | None = None
         if conf["cache_dir"] is not None:
@@ -1270,29 +1247,13 @@ class SyntheticShapes(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, points, primitive = self.content(index)
         mask = np.ones(self.image_size, bool)
-        if self.photometric or self.homographic:
+        if self.aug.photometric or self.aug.homographic:
             _, j = self.locate(index)
             rng = augmentation_rng(
                 self.conf["seed"], primitive, self.split, j, self.epoch
             )
-            if self.photometric:
-                image = photometric_augment(
-                    image,
-                    rng,
-                    self.photometric_names,
-                    self.photometric_params,
-                    bool(self.conf["augmentation"]["photometric"]["random_order"]),
-                )
-            if self.homographic:
-                image, points, mask, _ = homographic_augment(
-                    image,
-                    points,
-                    rng,
-                    {
-                        "params": self.homography,
-                        "valid_border_margin": self.border_margin,
-                    },
-                )
+            image = self.aug.photometric_step(image, rng)
+            image, points, mask = self.aug.homographic_step(image, points, rng)
         return {
             "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None],
             "keypoints": torch.from_numpy(np.ascontiguousarray(points, np.float32)),
