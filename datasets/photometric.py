@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from utils.config import resolve_names
 from utils.errors import UserError
 
 Array = np.ndarray
@@ -208,17 +209,7 @@ def parse_primitives(primitives: str | Sequence[str]) -> list[str]:
     Raises:
         UserError: for an unknown name, listing the valid ones.
     """
-    if isinstance(primitives, str):
-        names = list(AUGMENTATIONS) if primitives == "all" else [primitives]
-    else:
-        names = list(primitives)
-    for name in names:
-        if name not in _FUNCTIONS:
-            raise UserError(
-                f"unknown photometric augmentation {name!r}; valid names: "
-                f"{', '.join(AUGMENTATIONS)} (or 'all')"
-            )
-    return names
+    return resolve_names(primitives, AUGMENTATIONS, "photometric augmentation")
 
 
 def resolve_params(params: dict | None) -> dict[str, dict]:

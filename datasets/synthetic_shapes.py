@@ -58,7 +58,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.augmentation import Augmentation, augmentation_defaults, keypoint_map
-from utils.config import merge_config
+from utils.config import merge_config, resolve_names
 from utils.errors import UserError, run_cli
 from utils.geometry import HOMOGRAPHY_PRESETS, points_inside, warp_points
 
@@ -981,16 +981,7 @@ def generate_sample(
 
 def parse_primitives(primitives: str | Sequence[str]) -> list[str]:
     """Resolve ``'all'``, a name or a list of names; unknown names raise UserError."""
-    if isinstance(primitives, str):
-        names = list(PRIMITIVES) if primitives == "all" else [primitives]
-    else:
-        names = list(primitives)
-    for name in names:
-        if name not in PRIMITIVES:
-            raise UserError(
-                f"unknown synthetic shapes primitive {name!r}; valid: "
-                f"{', '.join(PRIMITIVES)} (or 'all')"
-            )
+    names = resolve_names(primitives, PRIMITIVES, "synthetic shapes primitive")
     if len(set(names)) != len(names) or not names:
         raise UserError(f"primitives must be a non-empty list without repeats: {names}")
     return names

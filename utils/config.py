@@ -98,6 +98,31 @@ def merge_config(
     return result
 
 
+def resolve_names(
+    spec: str | Sequence[str], valid: Sequence[str], what: str
+) -> list[str]:
+    """Resolve an "``'all'``, one name or a list of names" config value.
+
+    Args:
+        spec: ``"all"`` (every valid name, in order), one name, or a list of names.
+        valid: the names that exist.
+        what: what the names are, for the message (``"photometric augmentation"``).
+
+    Raises:
+        UserError: an unknown name, listing the valid ones.
+    """
+    if isinstance(spec, str):
+        names = list(valid) if spec == "all" else [spec]
+    else:
+        names = list(spec)
+    for name in names:
+        if name not in valid:
+            raise UserError(
+                f"unknown {what} {name!r}; valid names: {', '.join(valid)} (or 'all')"
+            )
+    return names
+
+
 def parse_overrides(items: Sequence[str]) -> Config:
     """Turn ``["train.lr=1e-4", "data.primitives=[star,cube]"]`` into a nested dict.
 
