@@ -170,8 +170,6 @@ def extractor_options(model: str) -> tuple[str, ...]:
         return ("top_k",)
     from models.extractor import extractor_options as checkpoint_options
 
-    if not Path(model).is_file():
-        raise UserError(f"{model}: checkpoint file does not exist")
     return checkpoint_options(model)
 
 

@@ -126,9 +126,12 @@ def train(
     dist_info, device = init_distributed(conf["train"]["device"])
     try:
         seed_everything(conf["train"]["seed"], dist_info.rank)
+        init = None if resume else conf["train"]["init_weights"]
+        if init and not Path(init).is_file():
+            raise UserError(f"train.init_weights: '{init}' does not exist")
         model, train_set, val_set = build(conf)
-        if resume is None and conf["train"]["init_weights"]:
-            init_from(model, conf["train"]["init_weights"], dist_info.rank)
+        if init:
+            init_from(model, init, dist_info.rank)
         trainer = Trainer(
             conf,
             model,
@@ -151,8 +154,6 @@ def init_from(model: Any, path: str, rank: int = 0) -> None:
     """Load ``train.init_weights`` into a fresh model and say what it covered."""
     from models.weights import load_initial_weights
 
-    if not Path(path).is_file():
-        raise UserError(f"train.init_weights: '{path}' does not exist")
     fresh = load_initial_weights(model, path)
     if rank == 0:
         total = len(model.state_dict())
