@@ -1,4 +1,4 @@
-"""Batch collation shared by every dataset.
+"""Sample building and batch collation shared by every dataset.
 
 Samples are dicts. Tensors (and NumPy arrays) of equal shape across the batch are stacked;
 anything else (variable-length keypoint sets, names) is kept as a list, so a batch of
@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from datasets.augmentation import keypoint_map
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -29,3 +31,25 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = values
     return batch
+
+
+def keypoint_sample(
+    image: np.ndarray, points: np.ndarray, mask: np.ndarray
+) -> dict[str, torch.Tensor]:
+    """The tensors of a single-view keypoint sample.
+
+    Args:
+        image: ``(H, W)`` grey image on the 0-255 scale.
+        points: ``(N, 2)`` keypoints (x, y).
+        mask: ``(H, W)`` valid pixels.
+
+    Returns:
+        ``image (1, H, W)`` float32 in [0, 1], ``keypoints (N, 2)``, ``keypoint_map`` and
+        ``valid_mask`` ``(H, W)`` float32.
+    """
+    return {
+        "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None],
+        "keypoints": torch.from_numpy(np.ascontiguousarray(points, np.float32)),
+        "keypoint_map": torch.from_numpy(keypoint_map(points, image.shape[:2])),
+        "valid_mask": torch.from_numpy(mask.astype(np.float32)),
+    }

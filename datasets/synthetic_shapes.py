@@ -54,10 +54,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from datasets.augmentation import Augmentation, augmentation_defaults, keypoint_map
+from datasets.augmentation import Augmentation, augmentation_defaults
+from datasets.base import keypoint_sample
 from utils.config import merge_config, resolve_names
 from utils.errors import UserError, run_cli
 from utils.geometry import HOMOGRAPHY_PRESETS, points_inside, warp_points
@@ -1246,10 +1246,7 @@ class SyntheticShapes(Dataset):
             image = self.aug.photometric_step(image, rng)
             image, points, mask = self.aug.homographic_step(image, points, rng)
         return {
-            "image": torch.from_numpy(image.astype(np.float32) / 255.0)[None],
-            "keypoints": torch.from_numpy(np.ascontiguousarray(points, np.float32)),
-            "keypoint_map": torch.from_numpy(keypoint_map(points, self.image_size)),
-            "valid_mask": torch.from_numpy(mask.astype(np.float32)),
+            **keypoint_sample(image, points, mask),
             "primitive": primitive,
             "index": int(index),
         }
