@@ -13,11 +13,11 @@ from utils.dispatch import dispatch
 
 COMMANDS = {
     "synthetic_shapes": (
-        "utils.eval_synthetic:main",
+        "evaluators.synthetic_shapes:main",
         "precision-recall, mAP and localisation error on Synthetic Shapes",
     ),
     "hpatches": (
-        "utils.eval_hpatches:main",
+        "evaluators.hpatches.evaluate:main",
         "HPatches sequences under a named published protocol (preset)",
     ),
 }

@@ -19,7 +19,7 @@ from utils.errors import UserError, run_cli
 
 COMMANDS = {
     "homography_adaptation": (
-        "utils.homographic_adaptation:export_main",
+        "pipelines.homographic_adaptation:export_main",
         "homographic adaptation labels (npz per image) from a detector checkpoint",
     ),
     "onnx": (

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from datasets.r2d2_pairs import R2D2PairDataset
+from engine.cli import main_from, parse, resolve_run, train
+from engine.trainer import TRAIN_DEFAULTS, Trainer
 from models import build_model
 from models.r2d2 import R2D2, r2d2_panels
-from utils.engine import TRAIN_DEFAULTS, Trainer
 from utils.errors import UserError
-from utils.train_cli import main_from, parse, resolve_run, train
 
 DATA_DEFAULTS: dict[str, Any] = {
     "name": "r2d2_pairs",

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from datasets import get_dataset
+from engine.cli import main_from, parse, resolve_run, train
+from engine.trainer import TRAIN_DEFAULTS, Trainer
 from models import build_model, get_model
 from models.superpoint import match_panels
-from utils.engine import TRAIN_DEFAULTS, Trainer
-from utils.train_cli import main_from, parse, resolve_run, train
 from utils.visualize import detector_panels
 
 EVAL_DEFAULTS = {"detection_threshold": 0.001, "nms_radius": 4, "correct_distance": 4.0}

@@ -41,8 +41,8 @@ def measure(batch: int, dim: int, shape: tuple[int, int], chunk: int, device: st
     import torch
     import torch.nn.functional as F
 
+    from geometry.homography import sample_homography
     from losses.descriptor import dense_descriptor_loss
-    from utils.geometry import sample_homography
 
     torch.manual_seed(0)
     hc, wc = shape[0] // 8, shape[1] // 8

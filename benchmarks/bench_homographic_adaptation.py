@@ -5,9 +5,9 @@ resized to 240x320, 100 homographies per image (the first the identity). Compare
 same run:
 
 * ``loop``: the reference-style loop, one OpenCV warp, one fp32 detector call and one warp
-  back per view (:func:`utils.homographic_adaptation.homographic_adaptation_loop`);
+  back per view (:func:`pipelines.homographic_adaptation.homographic_adaptation_loop`);
 * ``batched fp32``: views warped with ``grid_sample`` and run through the detector in
-  batches (:func:`utils.homographic_adaptation.homographic_adaptation`);
+  batches (:func:`pipelines.homographic_adaptation.homographic_adaptation`);
 * ``batched bf16``: the same with the network cast to bf16 in channels-last layout (what
   the export uses by default on CPUs with AMX/AVX512-BF16).
 
@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.devices import cpu_has_native_bf16  # noqa: E402
 from models.superpoint import MagicPoint  # noqa: E402
-from utils.distributed import cpu_has_native_bf16  # noqa: E402
-from utils.homographic_adaptation import (  # noqa: E402
+from pipelines.homographic_adaptation import (  # noqa: E402
     homographic_adaptation,
     homographic_adaptation_loop,
     model_detector,

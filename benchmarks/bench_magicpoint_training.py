@@ -17,11 +17,13 @@ import time
 import torch
 
 from datasets.synthetic_shapes import SyntheticShapes
+from engine.devices import cpu_has_native_bf16
+from engine.distributed import DistInfo
+from engine.state import seed_everything
+from engine.trainer import Trainer
 from losses.detector import detector_loss
 from models import build_model
 from utils.config import load_config
-from utils.distributed import DistInfo, cpu_has_native_bf16
-from utils.engine import Trainer, seed_everything
 
 
 def model_conf(width: str) -> dict:

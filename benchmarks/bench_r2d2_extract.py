@@ -15,7 +15,7 @@ and reports seconds per image (best and median of ``--repeats`` interleaved runs
 machine is shared, the best run is the closest to the unloaded time) and the keypoint
 agreement with the reference (fraction of reference keypoints with a keypoint of the
 same pyramid level within 1 px, and the reverse). Both use the pixel-centre convention
-of :mod:`utils.geometry` for the mapping back to the input image: the reference loop is
+of :mod:`geometry.homography` for the mapping back to the input image: the reference loop is
 NAVER's except for that one line (``(x + 0.5) * W / w - 0.5`` instead of ``x * W / w``).
 
 Without ``--weights`` the network is randomly initialised, its batch-norm statistics are

@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.devices import cpu_has_native_bf16  # noqa: E402
 from models.extractor import Extractor  # noqa: E402
 from models.superpoint import SuperPoint  # noqa: E402
 from models.weights import (  # noqa: E402
@@ -41,7 +42,6 @@ from models.weights import (  # noqa: E402
     load_model,
     reference_frontend,
 )
-from utils.distributed import cpu_has_native_bf16  # noqa: E402
 
 SHAPE = (480, 640)
 

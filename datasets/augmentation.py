@@ -1,7 +1,7 @@
 """Homographic augmentation shared by every keypoint dataset.
 
 :func:`homographic_augment` warps an image by a homography sampled with
-:func:`utils.geometry.sample_homography`, moves its keypoints with it, drops those that
+:func:`geometry.homography.sample_homography`, moves its keypoints with it, drops those that
 leave the image or the valid area, and returns the valid mask (target pixels that have
 image content, eroded by ``valid_border_margin`` as in the SuperPoint reference) and the
 homography ``H`` (source to augmented pixels). :func:`keypoint_map` rasterises keypoints
@@ -20,15 +20,15 @@ import numpy as np
 
 from datasets.photometric import parse_primitives as parse_photometric
 from datasets.photometric import photometric_augment, resolve_params
-from utils.errors import UserError
-from utils.geometry import (
+from geometry.homography import (
     HomographyConfig,
+    draw_homography,
     points_inside,
     valid_mask,
     warp_image,
     warp_points,
 )
-from utils.homographic_adaptation import draw_homography
+from utils.errors import UserError
 
 Array = np.ndarray
 
@@ -149,8 +149,8 @@ def homographic_augment(
 ) -> tuple[Array, Array, Array, Array]:
     """Warp an image and its keypoints by a random homography.
 
-    The homography comes from :func:`utils.homographic_adaptation.draw_homography`:
-    :func:`utils.geometry.sample_homography`, redrawn in the rare case (``allow_artifacts``)
+    The homography comes from :func:`geometry.homography.draw_homography`:
+    :func:`geometry.homography.sample_homography`, redrawn in the rare case (``allow_artifacts``)
     where the scaled patch cannot be placed; a first successful draw is used as is.
 
     Args:

@@ -16,7 +16,7 @@ Protocols evaluate at different resolutions; a resize is described by a short st
 - ``short480``: resize so that the short side is 480 (glue-factory);
 - ``max1024``: downscale so that the long side is at most 1024.
 
-Homographies are adapted with :func:`utils.geometry.scale_homography`, in the repository's
+Homographies are adapted with :func:`geometry.homography.scale_homography`, in the repository's
 pixel-centre convention. ``python -m datasets.hpatches --root DIR --show`` draws a grid of
 pairs to check the data by eye.
 """
@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 import torch
 
+from geometry.homography import scale_homography
 from utils.errors import UserError, run_cli
-from utils.geometry import scale_homography
 
 EXCLUDED_SEQUENCES: tuple[str, ...] = (
     "i_contruction",

@@ -4,7 +4,7 @@
 release layout (``<seq>/1.ppm ... 6.ppm`` and ``H_1_2 ... H_1_6``):
 
 - ``v_<photo>``: six views of the photograph taken through known random homographies
-  (:func:`utils.geometry.sample_homography`, perspective and rotation growing with the
+  (:func:`geometry.homography.sample_homography`, perspective and rotation growing with the
   image index as in HPatches); every view is a patch of the photograph, so no view has an
   empty border, and ``H_1_k`` is exact.
 - ``i_<photo>``: the same crop under photometric changes of growing strength (gamma,
@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.hpatches import IMAGE_EXTENSIONS, read_image
+from geometry.homography import HomographyConfig, sample_homography, warp_image
 from utils.errors import UserError, run_cli
-from utils.geometry import HomographyConfig, sample_homography, warp_image
 
 PATCH_RATIO = 0.7
 """Fraction of the photograph each view covers (views keep the photo's resolution)."""
@@ -146,7 +146,7 @@ def _view_homography(
     to_full = sample_homography(photo_shape, rng, conf)
     vh, vw = _view_shape(photo_shape)
     sx, sy = vw / photo_shape[1], vh / photo_shape[0]
-    # Pixel-centre convention: x -> s (x + 0.5) - 0.5 (as utils.geometry.scale_homography).
+    # Pixel-centre convention: x -> s (x + 0.5) - 0.5 (as geometry.homography.scale_homography).
     shrink = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
     return shrink @ to_full
 

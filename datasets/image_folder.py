@@ -40,11 +40,11 @@ from torch.utils.data import Dataset
 from datasets.augmentation import Augmentation, augmentation_defaults
 from datasets.base import keypoint_sample
 from datasets.hpatches import IMAGE_EXTENSIONS, read_image
-from utils.config import merge_config
-from utils.errors import UserError, run_cli
-from utils.geometry import (
+from geometry.homography import (
     HOMOGRAPHY_PRESETS,
 )
+from utils.config import merge_config
+from utils.errors import UserError, run_cli
 
 Array = np.ndarray
 LAYOUTS = ("folder", "coco", "kitti")

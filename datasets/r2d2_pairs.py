@@ -2,7 +2,7 @@
 
 Every sample is a pair ``image0, image1`` with the *absolute flow* ``aflow``:
 ``aflow[:, y, x]`` is the (x, y) position in image 1 of pixel (x, y) of image 0
-(pixel-centre convention of :mod:`utils.geometry`; NaN where unknown) and a ``mask`` of
+(pixel-centre convention of :mod:`geometry.homography`; NaN where unknown) and a ``mask`` of
 the image-0 pixels whose flow is known and lands inside image 1. Sources, combined by
 name in ``use``:
 
@@ -45,9 +45,9 @@ import cv2
 import numpy as np
 import torch
 
+from geometry.homography import warp_image, warp_points
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
-from utils.geometry import warp_image, warp_points
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 SOURCE_TYPES = ("synthetic", "flow", "style", "still")

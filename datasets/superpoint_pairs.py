@@ -3,7 +3,7 @@
 Each sample is a real image (any layout of :mod:`datasets.image_folder`) and its warp by a
 random homography, as rpautrat/SuperPoint's ``warped_pair`` (``superpoint_coco.yaml``): view 0
 is the image (optionally photometrically augmented), view 1 the image warped by ``H_0to1``
-(sampled with :func:`utils.geometry.sample_homography`) and independently augmented. The HA
+(sampled with :func:`geometry.homography.sample_homography`) and independently augmented. The HA
 labels of the image are carried to both views; view 1's valid mask marks the pixels with image
 content, eroded by ``valid_border_margin``. Randomness is keyed by (seed, index, epoch).
 
@@ -32,7 +32,7 @@ class SuperPointPairs(ImageFolder):
     """Warped pairs with labels and valid masks (``data.name: superpoint_pairs``).
 
     Config: that of :class:`datasets.image_folder.ImageFolder` plus ``warped_pair``:
-    ``params`` (:class:`utils.geometry.HomographyConfig` fields over
+    ``params`` (:class:`geometry.homography.HomographyConfig` fields over
     :data:`datasets.image_folder.COCO_HOMOGRAPHY`) and ``valid_border_margin``. The
     ``augmentation.homographic`` section is not used here (view 0 is never warped).
 

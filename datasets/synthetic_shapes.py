@@ -58,9 +58,9 @@ from torch.utils.data import Dataset
 
 from datasets.augmentation import Augmentation, augmentation_defaults
 from datasets.base import keypoint_sample
+from geometry.homography import HOMOGRAPHY_PRESETS, points_inside, warp_points
 from utils.config import merge_config, resolve_names
 from utils.errors import UserError, run_cli
-from utils.geometry import HOMOGRAPHY_PRESETS, points_inside, warp_points
 
 Array = np.ndarray
 

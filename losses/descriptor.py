@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from geometry.homography import pixel_to_grid, points_inside, warp_points
 from losses.detector import cell_valid_mask
-from utils.geometry import pixel_to_grid, points_inside, warp_points
 
 CELL = 8
 

@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from geometry.homography import pixel_to_grid
 from utils.config import merge_config
 from utils.errors import UserError
-from utils.geometry import pixel_to_grid
 
 SIMILARITIES = ("cosine", "dice", "jaccard", "czekanowski", "squared_chord")
 RELIABILITY_KINDS = ("ap", "hardnet")

@@ -62,6 +62,16 @@ class BaseModel(nn.Module):
     def forward(self, data: dict[str, Any]) -> dict[str, Any]:
         return self._forward(data)
 
+    def load_initial_weights(self, path: str) -> list[str]:
+        """Load a weights file into this fresh model (``train.init_weights``).
+
+        Accepts a ``train_*.py`` checkpoint or a published file that ``models.weights`` knows;
+        returns the names of the parameters the file lacks (they keep their initialisation).
+        """
+        from models.weights import load_initial_weights
+
+        return load_initial_weights(self, path)
+
     def loss(
         self, pred: dict[str, Any], data: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -1,23 +1,33 @@
-"""Keypoint extractors built from local weight files, for ``extract.py`` and evaluation.
+"""Keypoint extractors: learned models from local weight files, and SIFT/ORB, behind one call.
 
-An extractor is called on one image ``(1, C, H, W)`` in [0, 1] and returns ``keypoints``
-``(N, 2)`` (x, y), ``keypoint_scores`` ``(N,)`` and, when the model has descriptors,
-``descriptors`` ``(N, D)``. Images whose size is not a multiple of 8 are padded by replicating
-the last row/column (no artificial edge), and detections in the padding are dropped.
-Foreign SuperPoint weight files are accepted too (see ``models.weights``).
+Two levels:
+
+* :func:`load_extractor` gives an :class:`Extractor` over a weights file, called on one image
+  ``(1, C, H, W)`` in [0, 1]; it returns ``keypoints`` ``(N, 2)`` (x, y), ``keypoint_scores``
+  ``(N,)`` and, when the model has descriptors, ``descriptors`` ``(N, D)``. Images whose size
+  is not a multiple of 8 are padded by replicating the last row/column (no artificial edge),
+  and detections in the padding are dropped. Foreign SuperPoint weight files are accepted too
+  (see ``models.weights``).
+* :func:`build_extractor` gives an :class:`ImageExtractor` for ``sift``, ``orb`` or any weights
+  file: a uint8 NumPy image in, NumPy ``keypoints``, ``scores`` and ``descriptors`` out. This is
+  what ``extract.py``, the evaluations, tracking and feature inversion use.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.classical import OpenCVExtractor
 from utils.errors import UserError
 from utils.io import load_checkpoint
+
+CLASSICAL = ("sift", "orb")
 
 SUPERPOINT_OPTIONS = (
     "detection_threshold",
@@ -26,37 +36,6 @@ SUPERPOINT_OPTIONS = (
     "top_k",
     "descriptor_sampling",
 )
-
-
-def check_and_load_state_dict(
-    model: torch.nn.Module, state: dict, source: str, allow_missing: bool = False
-) -> list[str]:
-    """Load ``state``; on mismatch raise one line naming the first bad key.
-
-    Every key of ``state`` must exist in the model with the same shape. With
-    ``allow_missing`` the model may have keys ``state`` lacks (they keep their values, e.g.
-    the descriptor head when a SuperPoint starts from a MagicPoint); they are returned.
-    """
-    expected = model.state_dict()
-    for key, value in state.items():
-        if key not in expected:
-            raise UserError(
-                f"weights '{source}' do not match the model: unexpected key '{key}'"
-            )
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(
-                f"weights '{source}' do not match the model: key '{key}' has shape "
-                f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
-            )
-    missing = [k for k in expected if k not in state]
-    if missing and not allow_missing:
-        raise UserError(
-            f"weights '{source}' do not match the model: missing key '{missing[0]}'"
-        )
-    if len(missing) == len(expected):
-        raise UserError(f"weights '{source}' share no key with the model")
-    model.load_state_dict(state, strict=not allow_missing)
-    return missing
 
 
 class Extractor:
@@ -100,15 +79,17 @@ class Extractor:
         return result
 
 
-def extractor_options(path: str) -> tuple[str, ...]:
-    """The ``conf`` keys :func:`load_extractor` accepts for the weight file ``path``.
+def extractor_options(model: str) -> tuple[str, ...]:
+    """The ``conf`` keys :func:`build_extractor` accepts for ``model`` (a name or a file).
 
     Evaluation presets carry SuperPoint-family detection settings (threshold, NMS radius);
     callers use this to apply only what a given model understands.
     """
+    if model.lower() in CLASSICAL:
+        return ("top_k",)
     from models.r2d2 import EXTRACTOR_OPTIONS, is_r2d2_checkpoint
 
-    if is_r2d2_checkpoint(load_checkpoint(path)):
+    if is_r2d2_checkpoint(load_checkpoint(model)):
         return (*EXTRACTOR_OPTIONS, "precision")
     return (*SUPERPOINT_OPTIONS, "precision")
 
@@ -133,7 +114,7 @@ def load_extractor(
     """
     from models import build_model
     from models.r2d2 import is_r2d2_checkpoint, load_r2d2_extractor
-    from models.weights import convert_state_dict
+    from models.weights import check_and_load_state_dict, convert_state_dict
 
     conf = dict(conf or {})
     ckpt = load_checkpoint(path)
@@ -157,3 +138,79 @@ def load_extractor(
     model = build_model(model_conf)
     check_and_load_state_dict(model, state, path)
     return Extractor(model, tag=Path(path).stem, device=device, precision=precision)
+
+
+class ImageExtractor(Protocol):
+    """What :func:`build_extractor` returns: a feature extractor on NumPy images."""
+
+    tag: str
+    grayscale: bool
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of a uint8 image (H, W) or (H, W, 3): ``keypoints`` (N, 2),
+        ``scores`` (N,), optional ``descriptors`` (N, D) and ``scales`` (N,)."""
+        ...
+
+
+class ModelExtractor:
+    """A learned model from a local checkpoint, through :func:`load_extractor`.
+
+    Args:
+        path: checkpoint file.
+        device: ``cpu``, ``cuda``, ``cuda:i`` or ``auto``.
+        conf: post-processing overrides the model understands
+            (``detection_threshold``, ``nms_radius``, ``top_k``, ``remove_borders``).
+    """
+
+    def __init__(self, path: str, device: str = "cpu", conf: dict | None = None):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not Path(path).is_file():
+            raise UserError(f"{path}: checkpoint file does not exist")
+        self.device = device
+        self.model = load_extractor(path, device=device, conf=conf)
+        self.tag = str(getattr(self.model, "tag", Path(path).stem))
+        self.grayscale = bool(getattr(self.model, "grayscale", True))
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+        tensor = (
+            tensor[None, None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)[None]
+        )
+        with torch.inference_mode():
+            out = self.model(tensor.to(self.device))
+
+        def numpy(value: Any, ndim: int) -> np.ndarray:
+            if hasattr(value, "detach"):
+                value = value.detach().float().cpu().numpy()
+            value = np.asarray(value, dtype=np.float32)
+            # Accept a batch of one (1, N, ...) as well as the unbatched contract.
+            return value[0] if value.ndim == ndim + 1 else value
+
+        keypoints = numpy(out["keypoints"], 2).reshape(-1, 2)
+        scores = numpy(out["keypoint_scores"], 1).reshape(-1)
+        feats = {"keypoints": keypoints, "scores": scores}
+        if out.get("scales") is not None:
+            feats["scales"] = numpy(out["scales"], 1).reshape(-1)
+        if out.get("descriptors") is not None:
+            desc = numpy(out["descriptors"], 2)
+            # (0, D) stays as is: NumPy cannot infer -1 in a reshape of zero size.
+            feats["descriptors"] = (
+                desc if desc.ndim == 2 else desc.reshape(len(keypoints), -1)
+            )
+        return feats
+
+
+def build_extractor(
+    model: str, device: str = "cpu", conf: dict | None = None
+) -> ImageExtractor:
+    """``sift``/``orb`` (OpenCV) or a checkpoint path (:func:`load_extractor`)."""
+    conf = dict(conf or {})
+    if model.lower() in CLASSICAL:
+        unknown = set(conf) - {"top_k"}
+        if unknown:
+            raise UserError(
+                f"--conf {sorted(unknown)} not understood by {model} (only top_k)"
+            )
+        return OpenCVExtractor(model.lower(), conf.get("top_k"))
+    return ModelExtractor(model, device=device, conf=conf)

@@ -375,7 +375,7 @@ class R2D2Extractor(nn.Module):
 
     ``extractor(image)`` with ``image (1, 3, H, W)`` RGB in [0, 1] returns
     ``keypoints (N, 2)`` (x, y) pixels of the input image (pixel-centre convention of
-    :mod:`utils.geometry`), ``scales (N,)`` (patch diameter ``32 / s`` as in the
+    :mod:`geometry.homography`), ``scales (N,)`` (patch diameter ``32 / s`` as in the
     reference), ``keypoint_scores (N,)`` (reliability x repeatability, sorted
     decreasing) and ``descriptors (N, dim)`` (L2-normalised).
 

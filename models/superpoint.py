@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geometry.homography import pixel_to_grid
+from geometry.keypoints import extract_keypoints
 from losses.descriptor import (
     dense_descriptor_loss,
     matching_accuracy,
@@ -27,8 +29,6 @@ from losses.descriptor import (
 from losses.detector import detector_loss, detector_metrics
 from models.base_model import BaseModel
 from utils.errors import UserError
-from utils.geometry import pixel_to_grid
-from utils.keypoints import extract_keypoints
 
 CELL = 8
 

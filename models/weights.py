@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geometry.keypoints import greedy_nms
 from utils.errors import UserError
-from utils.keypoints import greedy_nms
 
 FORMATS = ("engine", "magicleap", "rpautrat_v6", "pytorch_superpoint")
 ENCODER = (
@@ -238,7 +238,6 @@ def load_model(
         ``(model, format)``; the model is on CPU in eval mode.
     """
     from models import build_model
-    from models.extractor import check_and_load_state_dict
     from utils.io import load_checkpoint
 
     obj = load_checkpoint(path)
@@ -261,7 +260,6 @@ def load_initial_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
         UserError: missing or unreadable file, unknown format, a tensor the model has no
             place for (named), or a file sharing nothing with the model.
     """
-    from models.extractor import check_and_load_state_dict
     from utils.io import load_checkpoint
 
     _, state, _ = convert_state_dict(load_checkpoint(path), str(path))
@@ -356,3 +354,34 @@ if __name__ == "__main__":
         return 0
 
     sys.exit(run_cli(_print_overrides, "models.weights"))
+
+
+def check_and_load_state_dict(
+    model: torch.nn.Module, state: dict, source: str, allow_missing: bool = False
+) -> list[str]:
+    """Load ``state``; on mismatch raise one line naming the first bad key.
+
+    Every key of ``state`` must exist in the model with the same shape. With
+    ``allow_missing`` the model may have keys ``state`` lacks (they keep their values, e.g.
+    the descriptor head when a SuperPoint starts from a MagicPoint); they are returned.
+    """
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key not in expected:
+            raise UserError(
+                f"weights '{source}' do not match the model: unexpected key '{key}'"
+            )
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"weights '{source}' do not match the model: key '{key}' has shape "
+                f"{tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
+    missing = [k for k in expected if k not in state]
+    if missing and not allow_missing:
+        raise UserError(
+            f"weights '{source}' do not match the model: missing key '{missing[0]}'"
+        )
+    if len(missing) == len(expected):
+        raise UserError(f"weights '{source}' share no key with the model")
+    model.load_state_dict(state, strict=not allow_missing)
+    return missing

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from engine.trainer import TRAIN_DEFAULTS
 from utils.config import merge_config
-from utils.engine import TRAIN_DEFAULTS
 
 TINY_MODEL = {"name": "magicpoint", "channels": [8, 8, 16, 16], "head_channels": 16}
 

@@ -9,8 +9,8 @@ import pytest
 from datasets.augmentation import homographic_augment, keypoint_map
 from datasets.photometric import AUGMENTATIONS, photometric_augment
 from datasets.synthetic_shapes import MAGICPOINT_HOMOGRAPHY
+from geometry.homography import warp_image
 from utils.errors import UserError
-from utils.geometry import warp_image
 
 STRONG = {
     "params": {

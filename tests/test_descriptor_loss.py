@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from geometry.homography import sample_homography, warp_points
 from losses.descriptor import (
     correspondence_mask,
     dense_descriptor_loss,
@@ -12,7 +13,6 @@ from losses.descriptor import (
     matching_accuracy,
     sparse_descriptor_loss,
 )
-from utils.geometry import sample_homography, warp_points
 
 B, D, HC, WC = 2, 8, 3, 4
 SHAPE = (HC * 8, WC * 8)

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from geometry.keypoints import extract_keypoints, greedy_nms, nms
 from losses.detector import cell_labels, detector_loss
 from models.superpoint import (
     MagicPoint,
@@ -8,7 +9,6 @@ from models.superpoint import (
     logits_to_heatmap,
     sample_descriptors,
 )
-from utils.keypoints import extract_keypoints, greedy_nms, nms
 
 
 def test_nms_equals_greedy_loop_on_random_maps():
@@ -117,7 +117,7 @@ def test_layer_names_match_magicleap_release():
 
 
 def test_running_window_max_equals_max_pool():
-    from utils.keypoints import _window_max_1d
+    from geometry.keypoints import _window_max_1d
 
     x = torch.rand(2, 23, 31, generator=torch.Generator().manual_seed(3))
     for radius in (1, 2, 3, 4, 7):

@@ -5,16 +5,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from engine.data import ResumableSampler
+from engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from engine.state import latest_checkpoint, lr_factor, seed_everything
+from engine.trainer import Trainer
 from models import build_model
 from tests.helpers import SquaresDataset, max_weight_difference, tiny_conf
-from utils.distributed import DistInfo, cleanup_distributed, init_distributed
-from utils.engine import (
-    ResumableSampler,
-    Trainer,
-    latest_checkpoint,
-    lr_factor,
-    seed_everything,
-)
 from utils.errors import UserError
 from utils.io import load_checkpoint
 

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.eval_synthetic import (
+from evaluators.synthetic_shapes import (
     Scorer,
     classical_response,
     localization_errors,

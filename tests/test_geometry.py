@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.geometry import (
+from geometry.homography import (
     HomographyConfig,
     points_inside,
     sample_homography,

@@ -6,10 +6,9 @@ import pytest
 import skimage.data
 import torch
 
+from geometry.homography import valid_mask
 from models.superpoint import MagicPoint
-from utils.errors import UserError
-from utils.geometry import valid_mask
-from utils.homographic_adaptation import (
+from pipelines.homographic_adaptation import (
     adaptation_keypoints,
     erode,
     homographic_adaptation,
@@ -17,6 +16,7 @@ from utils.homographic_adaptation import (
     model_detector,
     sample_homographies,
 )
+from utils.errors import UserError
 
 SHAPE = (64, 96)
 

@@ -20,8 +20,8 @@ from datasets.hpatches import (
 )
 from datasets.hpatches_demo import generate
 from datasets.hpatches_demo import main as demo_main
+from geometry.homography import valid_mask, warp_image, warp_points
 from utils.errors import UserError
-from utils.geometry import valid_mask, warp_image, warp_points
 
 
 @pytest.fixture(scope="module")

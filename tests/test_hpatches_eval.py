@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datasets.features import write_features
 from datasets.hpatches import (
     adapt_homography,
     image_size,
@@ -16,17 +17,16 @@ from datasets.hpatches import (
     resize_plan,
 )
 from datasets.hpatches_demo import generate
-from extract import write_features
-from utils.errors import UserError
-from utils.eval_hpatches import (
+from evaluators.hpatches.evaluate import (
     PRESETS,
     Preset,
     apply_overrides,
     evaluate,
     read_d2net_cache,
 )
-from utils.eval_hpatches import main as eval_main
-from utils.geometry import points_inside, warp_points
+from evaluators.hpatches.evaluate import main as eval_main
+from geometry.homography import points_inside, warp_points
+from utils.errors import UserError
 
 SHIFTS = {0: (2.0, 0.0), 1: (0.0, 4.0)}  # point id % 4 -> planted offset (px)
 

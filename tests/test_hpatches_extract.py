@@ -12,8 +12,8 @@ import skimage.data
 import torch
 
 from datasets.hpatches_demo import generate
+from evaluators.hpatches.evaluate import main as eval_main
 from extract import main as extract_main
-from utils.eval_hpatches import main as eval_main
 
 
 @pytest.fixture()

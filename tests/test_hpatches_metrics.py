@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.hpatches_metrics import (
+from evaluators.hpatches.metrics import (
     average_precision,
     corner_points,
     error_auc,
@@ -17,10 +17,10 @@ from utils.hpatches_metrics import (
     repeatability,
     reprojection_errors,
     symmetric_reprojection_errors,
-    top_k_indices,
     weighted_dlt,
 )
-from utils.matching import match_descriptors, normalize_descriptors
+from geometry.keypoints import top_k_indices
+from geometry.matching import match_descriptors, normalize_descriptors
 
 
 def _random_homography(rng: np.random.Generator) -> np.ndarray:

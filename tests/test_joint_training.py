@@ -6,12 +6,12 @@ import torch
 
 import train_superpoint
 from datasets.superpoint_pairs import SuperPointPairs
+from engine.state import latest_checkpoint
 from export import main as export_main
+from geometry.homography import warp_points
 from models import build_model
 from models.superpoint import SuperPoint
-from utils.engine import latest_checkpoint
 from utils.errors import UserError
-from utils.geometry import warp_points
 from utils.io import load_checkpoint
 
 TINY_MODEL = [

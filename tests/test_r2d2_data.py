@@ -9,15 +9,15 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from datasets.base import collate
 from datasets.r2d2_pairs import (
     R2D2PairDataset,
     main,
     read_flow_png,
     write_flow_png,
 )
+from engine.data import collate
+from geometry.homography import pixel_to_grid
 from utils.errors import UserError
-from utils.geometry import pixel_to_grid
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from geometry.homography import pixel_grid
 from losses.r2d2 import (
     SIMILARITIES,
     APLoss,
@@ -20,7 +21,6 @@ from losses.r2d2 import (
 )
 from models.r2d2 import R2D2Net
 from utils.errors import UserError
-from utils.geometry import pixel_grid
 
 
 def _identity_flow(b: int, h: int, w: int) -> torch.Tensor:

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets import synthetic_shapes as S
-from datasets.base import collate
+from engine.data import collate
+from geometry.homography import points_inside
 from utils.errors import UserError
-from utils.geometry import points_inside
 
 SHAPE = (96, 128)
 

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pipelines.tracking import PointTracker, run_tracking, two_way_matches
 from utils.errors import UserError
-from utils.tracking import PointTracker, run_tracking, two_way_matches
 
 
 def unit(x):
@@ -109,7 +109,7 @@ def test_bad_sources(tmp_path):
 def test_track_main_with_sift_on_real_frames(tmp_path, capsys):
     import skimage.data
 
-    from utils.tracking import track_main
+    from pipelines.tracking import track_main
 
     frames = tmp_path / "frames"
     frames.mkdir()

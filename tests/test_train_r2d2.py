@@ -17,11 +17,11 @@ import extract
 import train_r2d2
 from datasets.hpatches_demo import generate
 from datasets.r2d2_pairs import write_flow_png
+from engine.state import latest_checkpoint
+from evaluators.hpatches.evaluate import main as evaluate_main
 from models import load_extractor
 from models.r2d2 import R2D2, R2D2Extractor, R2D2Net
-from utils.engine import latest_checkpoint
 from utils.errors import UserError
-from utils.eval_hpatches import main as evaluate_main
 from utils.io import load_checkpoint
 
 CONFIG = "configs/r2d2_demo_builtin.yaml"

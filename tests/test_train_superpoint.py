@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train_superpoint
-from utils.engine import latest_checkpoint
+from engine.state import latest_checkpoint
 from utils.io import load_checkpoint
 
 CONFIG = "configs/magicpoint_shapes.yaml"

@@ -219,3 +219,27 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def parse_key_values(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; numbers become int/float, none/true/false too."""
+    conf: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"invalid --conf {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        lowered = value.strip().lower()
+        parsed: Any = value
+        if lowered in ("none", "null"):
+            parsed = None
+        elif lowered in ("true", "false"):
+            parsed = lowered == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    parsed = cast(value)
+                    break
+                except ValueError:
+                    continue
+        conf[key.strip()] = parsed
+    return conf

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.distributed import cleanup_distributed, init_distributed
+from engine.state import latest_checkpoint, seed_everything
+from engine.trainer import Trainer
 from utils.config import load_config
-from utils.distributed import cleanup_distributed, init_distributed
-from utils.engine import Trainer, latest_checkpoint, seed_everything
 from utils.errors import UserError, run_cli
 
 
@@ -151,10 +152,16 @@ def train(
 
 
 def init_from(model: Any, path: str, rank: int = 0) -> None:
-    """Load ``train.init_weights`` into a fresh model and say what it covered."""
-    from models.weights import load_initial_weights
+    """Load ``train.init_weights`` into a fresh model and say what it covered.
 
-    fresh = load_initial_weights(model, path)
+    The model reads the file itself (``load_initial_weights``, see ``models.base_model``): the
+    engine knows no weight format.
+    """
+    if not hasattr(model, "load_initial_weights"):
+        raise UserError(
+            f"train.init_weights: {type(model).__name__} cannot start from a weights file"
+        )
+    fresh = model.load_initial_weights(path)
     if rank == 0:
         total = len(model.state_dict())
         note = f"initialised {total - len(fresh)}/{total} tensors from {path}"

@@ -24,7 +24,6 @@ Tasks needing a different step (e.g. a GAN alternating two optimisers) subclass
 from __future__ import annotations
 
 import math
-import random
 import signal
 import time
 import warnings
@@ -33,22 +32,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from datasets.base import collate
-from utils.config import save_config, to_plain
-from utils.distributed import (
-    DistInfo,
-    all_reduce_sums,
-    autocast,
-    move_to_device,
-    resolve_precision,
+from engine.data import ResumableSampler, collate
+from engine.devices import autocast, move_to_device, resolve_precision
+from engine.distributed import DistInfo, all_reduce_sums
+from engine.state import (
+    build_optimizer,
+    lr_factor,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
+from utils.config import save_config, to_plain
 from utils.errors import UserError
 from utils.io import atomic_torch_save, ensure_writable_dir, load_checkpoint
 
@@ -90,134 +90,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "init_weights": None,
 }
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "linear", "multistep")
-
-
-class ResumableSampler(Sampler[int]):
-    """Shuffled, rank-sharded indices that can start mid-epoch.
-
-    The permutation of epoch ``e`` depends only on ``(seed, e)``; rank ``r`` of ``w`` takes
-    every ``w``-th index of the part that fills whole global batches, and ``start_batch``
-    skips the batches already consumed, so a resumed run sees the same data.
-    """
-
-    def __init__(
-        self,
-        length: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        dist_info: DistInfo,
-    ):
-        self.length, self.batch_size, self.shuffle, self.seed = (
-            length,
-            batch_size,
-            shuffle,
-            seed,
-        )
-        self.rank, self.world = dist_info.rank, dist_info.world_size
-        self.epoch, self.start_batch = 0, 0
-        self.batches_per_epoch = length // (batch_size * self.world)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.length, generator=gen)
-        else:
-            order = torch.arange(self.length)
-        order = order[: self.batches_per_epoch * self.batch_size * self.world]
-        mine = order[self.rank :: self.world]
-        return iter(mine[self.start_batch * self.batch_size :].tolist())
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (
-            kind,
-            torch.from_numpy(keys.astype(np.int64)),
-            pos,
-            has_gauss,
-            cached,
-        ),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed torch (same on every rank, so initial weights agree) and NumPy/random per rank.
-
-    Call it before building the model so a run's initial weights depend only on the seed.
-    """
-    torch.manual_seed(seed)
-    np.random.seed(seed + rank)
-    random.seed(seed + rank)
-
-
-def build_optimizer(params, conf: dict[str, Any]) -> torch.optim.Optimizer:
-    name, lr, wd = conf["optimizer"], conf["lr"], conf["weight_decay"]
-    if name == "adam":
-        return torch.optim.Adam(
-            params, lr=lr, betas=tuple(conf["betas"]), weight_decay=wd
-        )
-    if name == "adamw":
-        return torch.optim.AdamW(
-            params, lr=lr, betas=tuple(conf["betas"]), weight_decay=wd
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=conf["momentum"], weight_decay=wd
-        )
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=lr, momentum=conf["momentum"], weight_decay=wd
-        )
-    raise UserError(
-        f"config key 'train.optimizer': '{name}' is not one of {OPTIMIZERS}"
-    )
-
-
-def lr_factor(step: int, conf: dict[str, Any], max_steps: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (warm-up, then the schedule)."""
-    sched = conf["lr_schedule"]
-    kind, warmup = sched["type"], sched["warmup_steps"]
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    floor = sched["min_lr_ratio"]
-    if kind == "constant":
-        return 1.0
-    if kind == "cosine":
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    if kind == "linear":
-        return floor + (1 - floor) * (1 - progress)
-    if kind == "multistep":
-        return sched["gamma"] ** sum(step >= m for m in sched["milestones"])
-    raise UserError(
-        f"config key 'train.lr_schedule.type': '{kind}' is not one of {SCHEDULES}"
-    )
-
 
 class Trainer:
     """Runs training for one task (see module docstring).
@@ -229,7 +101,7 @@ class Trainer:
         train_set, val_set: map-style datasets returning sample dicts (``set_epoch`` is called
             when they have it).
         exp_dir: run folder (``logs/<experiment>``).
-        dist_info, device: from :func:`utils.distributed.init_distributed`.
+        dist_info, device: from :func:`engine.distributed.init_distributed`.
         panels: optional ``(batch, pred) -> {name: (3, H, W) tensor in [0, 1]}`` for TensorBoard.
         resume: path of a checkpoint to continue from, or None.
         overfit: train on the first batch only (debugging: the loss should go to ~0).
@@ -579,7 +451,7 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "nan_streak": self.nan_streak,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "config": to_plain(self.conf),
         }
 
@@ -607,12 +479,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best = ckpt["step"], ckpt["best"]
         self.nan_streak = ckpt.get("nan_streak", 0)
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if self.dist.enabled:
             dist.barrier()
 
 
-def latest_checkpoint(exp_dir: str | Path) -> Path | None:
-    """The newest ``last_*.pt`` of a run folder, or None."""
-    found = sorted((Path(exp_dir) / "checkpoints").glob("last_*.pt"))
-    return found[-1] if found else None

@@ -37,16 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.errors import UserError
-from utils.geometry import (
+from geometry.homography import (
     HOMOGRAPHY_PRESETS,
     HomographyConfig,
-    sample_homography,
+    draw_homography,
     valid_mask,
     warp_image,
     warp_images,
 )
-from utils.keypoints import extract_keypoints
+from geometry.keypoints import extract_keypoints
+from utils.errors import UserError
 
 AGGREGATIONS = ("sum", "mean", "max")
 
@@ -94,30 +94,10 @@ def sample_homographies(
     return np.stack(out)
 
 
-def draw_homography(
-    shape: tuple[int, int],
-    rng: np.random.Generator,
-    conf: HomographyConfig | dict | None = None,
-    max_tries: int = 100,
-) -> np.ndarray:
-    """:func:`utils.geometry.sample_homography`, redrawn when it cannot place the patch.
-
-    With ``allow_artifacts`` a scaled patch can be wider than the image, leaving no valid
-    translation range: NumPy's ``uniform`` then refuses ``low > high`` (TensorFlow's did
-    not), so such draws are rejected and redrawn.
-    """
-    for _ in range(max_tries):
-        try:
-            return sample_homography(shape, rng, conf)
-        except ValueError:
-            continue
-    raise UserError(f"could not sample a homography for {shape} with {conf}")
-
-
 def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Erode ``(B, H, W)`` bool masks with OpenCV's elliptic structuring element.
 
-    Same kernel as :func:`utils.geometry.valid_mask` uses for NumPy masks (and as the
+    Same kernel as :func:`geometry.homography.valid_mask` uses for NumPy masks (and as the
     reference), so both HA implementations agree pixel for pixel.
     """
     if radius <= 0:
@@ -394,8 +374,8 @@ def export_main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from datasets.augmentation import homography_config
         from datasets.image_folder import list_images, load_gray, resize_image
+        from engine.devices import resolve_device, resolve_precision
         from models import build_model
-        from utils.distributed import resolve_device, resolve_precision
         from utils.io import atomic_savez, atomic_write, ensure_writable_dir
 
         overrides = list(args.overrides)

@@ -60,8 +60,7 @@ from datasets.hpatches import (
     resize_plan,
     resolve_root,
 )
-from utils.errors import UserError, run_cli
-from utils.hpatches_metrics import (
+from evaluators.hpatches.metrics import (
     average_precision,
     corner_points,
     error_auc,
@@ -72,10 +71,11 @@ from utils.hpatches_metrics import (
     reprojection_errors,
     shared_view_mask,
     symmetric_reprojection_errors,
-    top_k_indices,
     weighted_dlt,
 )
-from utils.matching import match_similarity, normalize_descriptors, similarity
+from geometry.keypoints import top_k_indices
+from geometry.matching import match_similarity, normalize_descriptors, similarity
+from utils.errors import UserError, run_cli
 
 # --------------------------------------------------------------------------- presets
 
@@ -95,7 +95,7 @@ class Preset:
     extractor_conf: dict = field(default_factory=dict)  # passed to the model
     correct_px: float = 3.0  # repeatability / correct-match distance
     homography_eps: tuple[float, ...] = (1.0, 3.0, 5.0)
-    ransac_method: str = "ransac"  # utils.hpatches_metrics.estimate_homography
+    ransac_method: str = "ransac"  # evaluators.hpatches.metrics.estimate_homography
     ransac_threshold: float = 3.0
     ransac_confidence: float = 0.995
     ransac_max_iters: int = 2000
@@ -931,7 +931,8 @@ def export_features(
     progress: bool = True,
 ) -> str:
     """Extract features for a preset (skipping finished files); returns the tag."""
-    from extract import build_extractor, extract_to_files, extractor_options
+    from models.extractor import build_extractor, extractor_options
+    from pipelines.extraction import extract_to_files
 
     # The presets' detection threshold and NMS radius are SuperPoint-family settings; a
     # model that has its own (R2D2) or none (SIFT, ORB) gets only what it understands,

@@ -29,11 +29,11 @@ import torch
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from engine.devices import autocast, resolve_device, resolve_precision
+from geometry.keypoints import nms
 from utils.config import merge_config
-from utils.distributed import autocast, resolve_device, resolve_precision
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_text, ensure_writable_dir
-from utils.keypoints import nms
 
 CLASSICAL = ("harris", "shi", "fast")
 
@@ -235,7 +235,7 @@ def evaluate(
     precision: str = "fp32",
 ) -> dict[str, Any]:
     """Score one method on one test variant (``clean`` or ``noisy``)."""
-    from datasets.base import collate
+    from engine.data import collate
 
     dataset = _test_set(data_conf, variant == "noisy", args.num_images)
     loader = torch.utils.data.DataLoader(
@@ -357,7 +357,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     entries: list[tuple[str, Any, dict]] = []
     for ckpt_path in args.checkpoint:
         from models import build_model
-        from models.extractor import check_and_load_state_dict
+        from models.weights import check_and_load_state_dict
         from utils.io import load_checkpoint
 
         ckpt = load_checkpoint(ckpt_path)

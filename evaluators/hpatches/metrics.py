@@ -27,18 +27,8 @@ import cv2
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from utils.geometry import points_inside, warp_points
-
-
-def top_k_indices(scores: np.ndarray | None, n: int, k: int | None) -> np.ndarray:
-    """Indices of the ``k`` highest scores (all ``n`` when ``k`` is None), best first.
-
-    Ties keep the original order; without scores the first ``k`` are taken.
-    """
-    if scores is None:
-        return np.arange(n if k is None else min(k, n))
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    return order if k is None else order[:k]
+from geometry.homography import points_inside, warp_points
+from geometry.keypoints import top_k_indices
 
 
 def warp_finite(points: np.ndarray, H: np.ndarray) -> np.ndarray:

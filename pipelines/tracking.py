@@ -11,9 +11,9 @@ Output: annotated frames (a folder of PNGs) or a video (``.mp4``/``.avi``), and
 and maximum length of tracks (tracks of at least 2 frames), and the number of tracks.
 
 The extractor is any callable ``(uint8 image) -> {"keypoints": (N, 2), "descriptors":
-(N, D), ...}`` as built by ``extract.build_extractor`` (learned models, SIFT, ORB).
+(N, D), ...}`` as built by ``models.extractor.build_extractor`` (learned models, SIFT, ORB).
 Entry points: :func:`run_tracking` (for ``extract.py --video ... --track``) and
-:func:`track_main` (``python -m utils.tracking --help``).
+:func:`track_main` (``python -m pipelines.tracking --help``).
 """
 
 from __future__ import annotations
@@ -305,9 +305,9 @@ def run_tracking(
 
 
 def track_main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m utils.tracking --video FILE|DIR --model M --out OUT``."""
+    """Command line: ``python -m pipelines.tracking --video FILE|DIR --model M --out OUT``."""
     parser = argparse.ArgumentParser(
-        prog="python -m utils.tracking",
+        prog="python -m pipelines.tracking",
         description="Track keypoints through a video (two-way NN descriptor matching) "
         "and write annotated frames or a video plus track statistics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -330,9 +330,12 @@ def track_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from extract import build_extractor, parse_conf
+        from models.extractor import build_extractor
+        from utils.config import parse_key_values
 
-        extractor = build_extractor(args.model, args.device, parse_conf(args.conf))
+        extractor = build_extractor(
+            args.model, args.device, parse_key_values(args.conf)
+        )
         stats = run_tracking(
             args.video,
             extractor,
@@ -350,7 +353,7 @@ def track_main(argv: list[str] | None = None) -> int:
         print(f"tracking: {summary}")
         return 0
 
-    return run_cli(run, "python -m utils.tracking")
+    return run_cli(run, "python -m pipelines.tracking")
 
 
 __all__ = [

@@ -133,3 +133,14 @@ def extract_keypoints(
         keypoints.append(torch.stack([xs[order], ys[order]], dim=-1).float())
         kept_scores.append(values[order])
     return keypoints, kept_scores
+
+
+def top_k_indices(scores: np.ndarray | None, n: int, k: int | None) -> np.ndarray:
+    """Indices of the ``k`` highest scores (all ``n`` when ``k`` is None), best first.
+
+    Ties keep the original order; without scores the first ``k`` are taken.
+    """
+    if scores is None:
+        return np.arange(n if k is None else min(k, n))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return order if k is None else order[:k]

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.errors import UserError
+
 Array = np.ndarray
 
 
@@ -350,3 +352,23 @@ def valid_mask(
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         mask = cv2.erode(mask.astype(np.uint8), kernel) > 0
     return mask
+
+
+def draw_homography(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    conf: HomographyConfig | dict | None = None,
+    max_tries: int = 100,
+) -> np.ndarray:
+    """:func:`sample_homography`, redrawn when it cannot place the patch.
+
+    With ``allow_artifacts`` a scaled patch can be wider than the image, leaving no valid
+    translation range: NumPy's ``uniform`` then refuses ``low > high`` (TensorFlow's did
+    not), so such draws are rejected and redrawn.
+    """
+    for _ in range(max_tries):
+        try:
+            return sample_homography(shape, rng, conf)
+        except ValueError:
+            continue
+    raise UserError(f"could not sample a homography for {shape} with {conf}")

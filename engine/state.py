@@ -1,0 +1,109 @@
+"""Training state helpers of the engine: seeding and RNG snapshots, optimisers, learning-rate
+schedules and checkpoint discovery. Everything here is task-agnostic and stateless; the
+:class:`engine.trainer.Trainer` owns the state itself.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+SCHEDULES = ("constant", "cosine", "linear", "multistep")
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            pos,
+            has_gauss,
+            cached,
+        ),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed torch (same on every rank, so initial weights agree) and NumPy/random per rank.
+
+    Call it before building the model so a run's initial weights depend only on the seed.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
+
+
+def build_optimizer(params, conf: dict[str, Any]) -> torch.optim.Optimizer:
+    name, lr, wd = conf["optimizer"], conf["lr"], conf["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(
+            params, lr=lr, betas=tuple(conf["betas"]), weight_decay=wd
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=lr, betas=tuple(conf["betas"]), weight_decay=wd
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=conf["momentum"], weight_decay=wd
+        )
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=lr, momentum=conf["momentum"], weight_decay=wd
+        )
+    raise UserError(
+        f"config key 'train.optimizer': '{name}' is not one of {OPTIMIZERS}"
+    )
+
+
+def lr_factor(step: int, conf: dict[str, Any], max_steps: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (warm-up, then the schedule)."""
+    sched = conf["lr_schedule"]
+    kind, warmup = sched["type"], sched["warmup_steps"]
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    floor = sched["min_lr_ratio"]
+    if kind == "constant":
+        return 1.0
+    if kind == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return floor + (1 - floor) * (1 - progress)
+    if kind == "multistep":
+        return sched["gamma"] ** sum(step >= m for m in sched["milestones"])
+    raise UserError(
+        f"config key 'train.lr_schedule.type': '{kind}' is not one of {SCHEDULES}"
+    )
+
+
+def latest_checkpoint(exp_dir: str | Path) -> Path | None:
+    """The newest ``last_*.pt`` of a run folder, or None."""
+    found = sorted((Path(exp_dir) / "checkpoints").glob("last_*.pt"))
+    return found[-1] if found else None
