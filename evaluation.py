@@ -17,7 +17,7 @@ COMMANDS = {
         "precision-recall, mAP and localisation error on Synthetic Shapes",
     ),
     "hpatches": (
-        "evaluators.hpatches.evaluate:main",
+        "evaluators.hpatches:main",
         "HPatches sequences under a named published protocol (preset)",
     ),
 }

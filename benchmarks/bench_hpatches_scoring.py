@@ -3,7 +3,7 @@
 Builds a synthetic release-sized set (57 i + 59 v sequences, 240x320 images stored as
 tiny PNGs, since scoring only reads their headers) with cached features of 1000
 keypoints and 256-D float32 descriptors per image, about 60 % of them true
-correspondences, then times ``evaluators.hpatches.evaluate.evaluate`` (feature loading,
+correspondences, then times ``evaluators.hpatches.evaluate`` (feature loading,
 repeatability/MLE, cross-check matching, RANSAC, NN mAP, matching score, JSON, markdown
 and the per-sequence plot). Target: under 30 s on 2 CPU cores.
 
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.features import write_features  # noqa: E402
-from evaluators.hpatches.evaluate import PRESETS, evaluate  # noqa: E402
+from evaluators.hpatches import PRESETS, evaluate  # noqa: E402
 from geometry.homography import points_inside, sample_homography, warp_points  # noqa: E402
 
 SHAPE = (240, 320)

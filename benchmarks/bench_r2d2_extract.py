@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.r2d2 import R2D2Extractor, R2D2Net, load_r2d2_checkpoint
+from models.r2d2 import R2D2Extractor
+from models.r2d2_net import R2D2Net, load_r2d2_checkpoint
 from utils.errors import run_cli
 
 

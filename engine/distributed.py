@@ -70,5 +70,3 @@ def all_reduce_sums(
     )
     dist.all_reduce(tensor)
     return dict(zip(keys, tensor.tolist()))
-
-

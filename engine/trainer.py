@@ -482,5 +482,3 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         if self.dist.enabled:
             dist.barrier()
-
-

@@ -17,14 +17,14 @@ from datasets.hpatches import (
     resize_plan,
 )
 from datasets.hpatches_demo import generate
-from evaluators.hpatches.evaluate import (
+from evaluators.hpatches import (
     PRESETS,
     Preset,
     apply_overrides,
     evaluate,
     read_d2net_cache,
 )
-from evaluators.hpatches.evaluate import main as eval_main
+from evaluators.hpatches import main as eval_main
 from geometry.homography import points_inside, warp_points
 from utils.errors import UserError
 

@@ -12,7 +12,7 @@ import skimage.data
 import torch
 
 from datasets.hpatches_demo import generate
-from evaluators.hpatches.evaluate import main as eval_main
+from evaluators.hpatches import main as eval_main
 from extract import main as extract_main
 
 

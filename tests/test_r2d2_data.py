@@ -9,12 +9,8 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from datasets.r2d2_pairs import (
-    R2D2PairDataset,
-    main,
-    read_flow_png,
-    write_flow_png,
-)
+from datasets.r2d2_pairs import R2D2PairDataset, main
+from datasets.r2d2_sources import read_flow_png, write_flow_png
 from engine.data import collate
 from geometry.homography import pixel_to_grid
 from utils.errors import UserError

@@ -11,15 +11,13 @@ import yaml
 from geometry.homography import pixel_grid
 from losses.r2d2 import (
     SIMILARITIES,
-    APLoss,
     CosimLoss,
-    NghSampler,
     PeakyLoss,
     R2D2Loss,
-    exact_average_precision,
     patch_similarity,
 )
-from models.r2d2 import R2D2Net
+from losses.r2d2_reliability import APLoss, NghSampler, exact_average_precision
+from models.r2d2_net import R2D2Net
 from utils.errors import UserError
 
 

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from benchmarks.bench_r2d2_extract import agreement, reference_extract
-from models.r2d2 import (
-    R2D2Extractor,
-    R2D2Net,
-    build_from_constructor,
-    load_r2d2_checkpoint,
-    num_parameters,
-)
+from models.r2d2 import R2D2Extractor, num_parameters
+from models.r2d2_net import R2D2Net, build_from_constructor, load_r2d2_checkpoint
 from utils.constructor_parser import parse_constructor
 from utils.errors import UserError
 
@@ -105,7 +100,7 @@ def test_fused_trunk_equals_unfused_features():
     ],
 )
 def test_parser_accepts_published_constructors(text, name, kwargs):
-    from models.r2d2 import ACCEPTED_CONSTRUCTORS
+    from models.r2d2_net import ACCEPTED_CONSTRUCTORS
 
     parsed_name, parsed_kwargs = parse_constructor(text, ACCEPTED_CONSTRUCTORS)
     assert parsed_name == name

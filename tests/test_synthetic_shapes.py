@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets import synthetic_shapes as S
+from datasets.synthetic_shapes import painters, primitives, raster
 from engine.data import collate
-from geometry.homography import points_inside
+from geometry.homography import points_inside, warp_points
 from utils.errors import UserError
 
 SHAPE = (96, 128)
@@ -48,7 +49,7 @@ def test_paint_polygon_area_and_centroid_are_exact():
             [np.cos(angles), np.sin(angles)], 1
         )
         image = np.zeros(SHAPE, np.uint8)
-        S.paint_polygon(image, polygon, 200)
+        raster.paint_polygon(image, polygon, 200)
         area, centroid = _area_centroid(polygon)
         total, drawn_centroid = _coverage_stats(image, 200)
         assert abs(total - area) / area < 0.01
@@ -61,7 +62,7 @@ def test_paint_segment_is_centred_on_its_ends():
         p0, p1 = rng.uniform(20, 80, 2), rng.uniform(20, 80, 2) + [30, 0]
         thickness = rng.uniform(1.5, 4)
         image = np.zeros(SHAPE, np.uint8)
-        S.paint_segment(image, p0, p1, thickness, 250)
+        raster.paint_segment(image, p0, p1, thickness, 250)
         total, centroid = _coverage_stats(image, 250)
         length = np.linalg.norm(p1 - p0)
         capsule = length * thickness + math.pi * thickness**2 / 4
@@ -73,7 +74,7 @@ def test_polygon_keypoints_are_the_drawn_vertices():
     """The drawn region is exactly the polygon spanned by the keypoints, in order."""
     for seed in range(4):
         image = np.zeros(SHAPE, np.uint8)
-        points = S.paint_polygon_primitive(image, np.random.default_rng(seed))
+        points = painters.paint_polygon_primitive(image, np.random.default_rng(seed))
         value = float(image.max())
         area, centroid = _area_centroid(points)
         total, drawn_centroid = _coverage_stats(image, value)
@@ -87,14 +88,14 @@ def test_board_junctions_are_exact_saddle_points():
     for seed in range(3):
         rng = np.random.default_rng(seed)
         rows, cols, size = 4, 5, 24
-        transform = S._board_transform(rng, (120, 160), (0.05, 0.15))
+        transform = painters._board_transform(rng, (120, 160), (0.05, 0.15))
         colors = np.where((np.arange(rows)[:, None] + np.arange(cols)) % 2, 60.0, 190.0)
         board = np.repeat(np.repeat(colors, size, axis=0), size, axis=1)
         image = np.full((120, 160), 128, np.uint8)
-        S.paint_board(image, transform, board)
+        raster.paint_board(image, transform, board)
         gx, gy = np.meshgrid(np.arange(1, cols), np.arange(1, rows))
         inner = size * np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64)
-        junctions = S.warp_points(inner, transform)
+        junctions = warp_points(inner, transform)
         junctions = junctions[points_inside(junctions, image.shape, border=6)]
         assert len(junctions) >= 6
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-3)
@@ -108,7 +109,7 @@ def test_checkerboard_keypoints_are_warped_grid_vertices():
     for seed in range(3):
         image = np.full((120, 160), 128, np.uint8)
         rng = np.random.default_rng(seed)
-        points = S.paint_checkerboard(image, rng)
+        points = painters.paint_checkerboard(image, rng)
         rng = np.random.default_rng(seed)
         rows, cols = int(rng.integers(3, 7)), int(rng.integers(3, 7))
         assert len(points) == (rows + 1) * (cols + 1)
@@ -132,7 +133,7 @@ def test_keypoints_lie_on_image_structure(name):
 def test_cube_hides_one_vertex_and_shows_seven():
     for seed in range(5):
         image = np.zeros((120, 160), np.uint8)
-        points = S.paint_cube(image, np.random.default_rng(seed))
+        points = painters.paint_cube(image, np.random.default_rng(seed))
         assert points.shape == (7, 2)
         hull = cv2.convexHull(points.astype(np.float32), returnPoints=False).ravel()
         # Six silhouette vertices plus the front vertex (index 6 here = vertex 7).
@@ -157,7 +158,7 @@ def test_generation_is_deterministic_per_seed():
 def test_supersampled_keypoints_follow_pixel_centres():
     rng = np.random.default_rng(5)
     image, points = S.generate_sample("draw_star", rng, (48, 64), supersample=2)
-    big, big_points = S.draw_star(np.random.default_rng(5), (96, 128))
+    big, big_points = primitives.draw_star(np.random.default_rng(5), (96, 128))
     expected = (big_points + 0.5) / 2 - 0.5
     assert image.shape == (48, 64)
     np.testing.assert_allclose(points, expected[points_inside(expected, (48, 64))])

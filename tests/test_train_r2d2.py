@@ -16,11 +16,12 @@ import torch.multiprocessing as mp
 import extract
 import train_r2d2
 from datasets.hpatches_demo import generate
-from datasets.r2d2_pairs import write_flow_png
+from datasets.r2d2_sources import write_flow_png
 from engine.state import latest_checkpoint
-from evaluators.hpatches.evaluate import main as evaluate_main
+from evaluators.hpatches import main as evaluate_main
 from models import load_extractor
-from models.r2d2 import R2D2, R2D2Extractor, R2D2Net
+from models.r2d2 import R2D2, R2D2Extractor
+from models.r2d2_net import R2D2Net
 from utils.errors import UserError
 from utils.io import load_checkpoint
 
