@@ -39,15 +39,79 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+# /proc/cpuinfo flags that decide which fast paths a CPU has.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# ONEDNN_MAX_CPU_ISA values that still allow oneDNN's native bf16 kernels.
+_BF16_ISAS = ("avx512_core_bf16", "avx10_1_512", "avx512_core_amx", "avx512_core_amx_fp16")
+
+
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU advertises AMX-BF16 or AVX512-BF16 (Linux ``/proc/cpuinfo``)."""
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, logical core count and the :data:`SPEED_FLAGS` it advertises.
+
+    Reads Linux ``/proc/cpuinfo``; elsewhere the model is the platform's name and no flag is
+    known. ``restricted`` names the environment variables that cap the instruction set
+    PyTorch may use (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``): with them an AVX-512
+    machine behaves as an AVX2-only one, which is how this repository's AVX2 figures can be
+    measured on newer hardware.
+    """
+    import os
+    import platform
+
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:
+        # Virtual machines often report a bare "AMD EPYC": family and model tell which one.
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    restricted = {
+        name: os.environ[name]
+        for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+        if os.environ.get(name)
+    }
+    return {
+        "model": model,
+        "cores": os.cpu_count() or 1,
+        "flags": [flag for flag in SPEED_FLAGS if flag in flags],
+        "restricted": restricted,
+    }
+
+
+def cpu_line() -> str:
+    """One line naming the CPU and its speed flags, printed next to every CPU figure."""
+    info = cpu_info()
+    flags = " ".join(info["flags"]) or "none of " + "/".join(SPEED_FLAGS)
+    line = f"CPU: {info['model']}, {info['cores']} cores, flags: {flags}"
+    if info["restricted"]:
+        caps = ", ".join(f"{k}={v}" for k, v in info["restricted"].items())
+        line += f" (instruction set capped by {caps})"
+    line += f"; native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+    return line + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 runs natively: AMX-BF16 or AVX512-BF16, and no cap below them.
+
+    On a CPU without them bf16 is emulated and about 16x slower than fp32, so ``auto`` must
+    not pick it. An ``ONEDNN_MAX_CPU_ISA`` below the bf16 instruction sets, or
+    ``ATEN_CPU_CAPABILITY`` of ``avx2``/``default``, counts as "no".
+    """
+    flags = cpu_info()["flags"]
+    if "amx_bf16" not in flags and "avx512_bf16" not in flags:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    restricted = cpu_info()["restricted"]
+    isa = restricted.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    if isa and isa not in _BF16_ISAS:
+        return False
+    return restricted.get("ATEN_CPU_CAPABILITY", "").lower() not in ("avx2", "default")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

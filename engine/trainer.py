@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from engine.data import ResumableSampler, collate
+from engine.data import ResumableSampler, collate, worker_init
 from engine.devices import autocast, move_to_device, resolve_precision
 from engine.distributed import DistInfo, all_reduce_sums
 from engine.state import (
@@ -85,6 +85,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "nan_policy": "skip",
     "max_nan_steps": 20,
     "channels_last": False,
+    # CPU/GPU speed switches (README, "Speed"): torch.compile of the network (inductor), and
+    # the number of intra-op threads of the training process (0: PyTorch's default, one per
+    # core). Loader workers always run OpenCV single-threaded (engine.data.worker_init).
+    "compile": False,
+    "num_threads": 0,
     # Weights to start a fresh run from (a train_*.py checkpoint or a published SuperPoint
     # file); parameters the file lacks keep their initialisation. Ignored by --resume.
     "init_weights": None,
@@ -138,11 +143,17 @@ class Trainer:
         self.model = model.to(device)
         if self.tconf["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.tconf["num_threads"] > 0:
+            torch.set_num_threads(self.tconf["num_threads"])
         self.net: torch.nn.Module = self.model
         if dist_info.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        if self.tconf["compile"]:
+            # Only the network's forward is compiled; the parameters stay those of
+            # self.model, so checkpoints and --resume are the same as without it.
+            self.net = torch.compile(self.net)
         self.optimizer = build_optimizer(self.model.parameters(), self.tconf)
         self.max_steps = self.tconf["max_steps"]
         if self.tconf["epochs"] > 0:
@@ -201,6 +212,7 @@ class Trainer:
             drop_last=False,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=worker_init if workers > 0 else None,
         )
 
     def _train_batches(self) -> Iterator[dict[str, Any]]:
