@@ -6,26 +6,29 @@ and descriptor sampling, for one 480x640 grayscale photo:
 * ``reference``: a plain re-implementation of MagicLeap's ``SuperPointFrontend.run``
   (fp32 forward, NumPy softmax and depth-to-space, greedy NMS loop;
   :func:`models.weights.reference_frontend`);
-* ``fp32`` and ``bf16``: this repository's :class:`models.extractor.Extractor` (batched
-  max-pool NMS; bf16 casts the network once, channels-last) with the MagicLeap
-  post-processing mode, so both select the same points.
+* ``plain fp32``: this repository's :class:`models.extractor.Extractor` post-processing on the
+  plain eager network (contiguous memory), the baseline every other row is a ratio of;
+* ``fp32``: the extractor's fp32 path (channels-last memory, same numbers);
+* ``int8``: static int8 quantisation of the convolutions (``models.quantize``), the fast path
+  of CPUs without native bf16;
+* ``bf16``: the weights cast once, channels-last (only where the CPU has native bf16);
+* ``onnxruntime``: the ``export.py onnx`` graph in ONNX Runtime (``--onnx``), network only,
+  post-processing as the extractor's.
 
-The network has random weights; the detection threshold is set to the quantile of its
-heatmap that leaves about ``--target-points`` keypoints (at 0.015 a random network fires
-everywhere; a trained one finds about a thousand points at this size). Reports the
-median time of ``--repeats`` runs, the speed-ups (target >= 3x) and the share of
-reference keypoints with an extractor keypoint within 1 px, and the reverse (target
->= 95%).
+All use the MagicLeap post-processing mode, so they select the same points up to numerics.
+The network has random weights unless ``--checkpoint`` is given; the detection threshold is
+then set to the quantile of its heatmap that leaves about ``--target-points`` keypoints (at
+0.015 a random network fires everywhere). Reports the median time of ``--repeats`` runs, the
+speed-ups over the reference (target >= 3x) and over plain fp32, and the share of plain-fp32
+keypoints with a keypoint of the path within 1 px, and the reverse (target >= 95%).
 
-    python benchmarks/bench_superpoint_inference.py [--repeats 5] [--threads 2]
+    python benchmarks/bench_superpoint_inference.py [--repeats 5] [--threads 2] [--onnx]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -34,7 +37,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.devices import cpu_has_native_bf16  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    interleaved_medians,
+    native_precisions,
+    print_header,
+)
 from models.extractor import Extractor  # noqa: E402
 from models.superpoint import SuperPoint  # noqa: E402
 from models.weights import (  # noqa: E402
@@ -82,22 +89,62 @@ def calibrate(model: SuperPoint, image: np.ndarray, target: int) -> tuple[float,
     return best
 
 
+def onnx_dense(model: SuperPoint, threads: int):
+    """The network through ONNX Runtime: ``image -> {"heatmap", "dense_descriptors"}``."""
+    import logging
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    from models.onnx import export_onnx
+
+    path = Path(tempfile.mkdtemp()) / "superpoint.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        outputs = export_onnx(model, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
+
+    def dense(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        results = session.run(None, {"image": image.numpy()})
+        pred = {"heatmap": torch.from_numpy(results[0])}
+        if len(outputs) > 1:
+            pred["dense_descriptors"] = torch.from_numpy(results[1])
+        return pred
+
+    return dense
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per path")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--target-points", type=int, default=1000)
+    parser.add_argument(
+        "--target-points",
+        type=int,
+        default=1000,
+        help="keypoints the random network's threshold is calibrated to",
+    )
     parser.add_argument(
         "--checkpoint",
         default=None,
         help="SuperPoint weights (engine or foreign format) instead of random ones; "
         "then the frontend's threshold 0.015 is used",
     )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time ONNX Runtime on the exported graph",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print_header("SuperPoint end to end, 480x640, MagicLeap post-processing")
     import skimage.data
 
     gray = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2GRAY)
@@ -115,40 +162,45 @@ def main(argv: list[str] | None = None) -> int:
         model.conf["detection_threshold"] = threshold
         print(
             f"random SuperPoint, detection threshold {threshold:.6f}: {count} "
-            "reference keypoints at 480x640 (bf16 agreement is not representative "
-            "with random weights: their heatmap is nearly flat, so bf16 rounding "
-            "reorders it; pass --checkpoint with trained weights)"
+            "reference keypoints (agreement of reduced precisions is not representative "
+            "with random weights: their heatmap is nearly flat, so rounding reorders it; "
+            "pass --checkpoint with trained weights)"
         )
 
     tensor = torch.from_numpy(image)[None, None]
-    ref_kps = reference_frontend(model, image, conf_thresh=threshold)[0]
+    plain = Extractor(model, "bench", precision="fp32")
+    plain.channels_last = False  # the plain eager path: contiguous memory
+    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    extractors = {"plain fp32": plain}
+    for precision in ["fp32", "int8"] + native_precisions(("bf16",)):
+        extractors[precision] = Extractor(model, "bench", precision=precision)
+    if args.onnx:
+        onnx = Extractor(model, "bench", precision="fp32")
+        onnx.dense = onnx_dense(model, args.threads)
+        extractors["onnxruntime fp32"] = onnx
     runs = {"reference": lambda: reference_frontend(model, image, threshold)}
-    outputs = {}
-    precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
-    for precision in precisions:
-        extractor = Extractor(model, "bench", precision=precision)
-        runs[precision] = lambda e=extractor: e(tensor)
-        outputs[precision] = extractor(tensor)["keypoints"].numpy()
-    # Interleave repeats across variants so background load affects them alike.
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    for name, extractor in extractors.items():
+        runs[name] = lambda e=extractor: e(tensor)
+    median = interleaved_medians(runs, args.repeats)
+    baseline = extractors["plain fp32"](tensor)["keypoints"].numpy()
+    ref_kps = reference_frontend(model, image, conf_thresh=threshold)[0]
     print(f"reference (fp32, NumPy, greedy NMS loop): {median['reference']:.3f} s")
-    for precision in precisions:
-        kps = outputs[precision]
-        ab, ba = agreement(ref_kps, kps), agreement(kps, ref_kps)
+    print(
+        f"{'path':>17} {'seconds':>8} {'vs ref':>7} {'vs plain':>9} {'kpts':>6} "
+        f"{'plain->path':>12} {'path->plain':>12}"
+    )
+    for name, extractor in extractors.items():
+        kps = extractor(tensor)["keypoints"].numpy()
         print(
-            f"extractor {precision}: {median[precision]:.3f} s, "
-            f"{median['reference'] / median[precision]:.2f}x faster (target >= 3x); "
-            f"{len(kps)} keypoints, {100 * ab:.1f}% of the reference's within 1 px, "
-            f"{100 * ba:.1f}% of its own near a reference one (target >= 95%)"
+            f"{name:>17} {median[name]:8.3f} {median['reference'] / median[name]:6.2f}x "
+            f"{median['plain fp32'] / median[name]:8.2f}x {len(kps):6d} "
+            f"{100 * agreement(baseline, kps):11.1f}% {100 * agreement(kps, baseline):11.1f}%"
         )
+    plain_vs_ref = agreement(ref_kps, baseline)
+    print(
+        f"plain fp32 finds {100 * plain_vs_ref:.1f}% of the reference's keypoints within 1 px; "
+        "targets: >= 3x the reference, >= 95% agreement"
+    )
     return 0
 
 

@@ -28,6 +28,7 @@ from utils.errors import UserError
 from utils.io import load_checkpoint
 
 CLASSICAL = ("sift", "orb")
+EXTRACTOR_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 SUPERPOINT_OPTIONS = (
     "detection_threshold",
@@ -39,20 +40,75 @@ SUPERPOINT_OPTIONS = (
 
 
 class Extractor:
-    """Callable wrapper around a detector/descriptor model (see module docstring)."""
+    """Callable wrapper around a detector/descriptor model (see module docstring).
+
+    Args:
+        model: a SuperPoint/MagicPoint (``encode``, heads, ``detect``).
+        tag: output file tag.
+        device: torch device string.
+        precision: ``fp32`` (the network as trained; channels-last memory on CPU, which
+            oneDNN runs faster and which gives the same numbers), ``bf16`` (the weights cast
+            once, for CPUs with native bf16 and GPUs), ``int8`` (static int8 quantisation of
+            the convolutions, calibrated on the built-in photographs; the fast path of CPUs
+            without native bf16, see ``models.quantize``) or ``auto`` (bf16 where native,
+            else fp32).
+    """
 
     def __init__(self, model, tag: str, device: str = "cpu", precision: str = "fp32"):
-        self.model = model.eval().to(device)
+        if precision not in EXTRACTOR_PRECISIONS:
+            raise UserError(
+                f"precision={precision!r}: expected one of {', '.join(EXTRACTOR_PRECISIONS)}"
+            )
+        self.device = torch.device(device)
+        if precision == "auto":
+            from engine.devices import resolve_precision
+
+            precision = resolve_precision("auto", self.device)
+            precision = "fp32" if precision == "fp16" else precision
+        if precision == "int8" and self.device.type != "cpu":
+            raise UserError("precision=int8 runs on the CPU only; use bf16 on GPUs")
+        # A copy: the caller's model keeps its dtype and memory format.
+        self.model = copy.deepcopy(model).eval().to(device)
+        self.channels_last = self.device.type == "cpu" or precision == "bf16"
         if precision == "bf16":
             # Casting the weights once, in channels-last layout, is what makes oneDNN use
             # its fast bf16 kernels on CPU; autocast re-casts the weights at every call
             # and plain-layout bf16 convolutions were measured slower than fp32 here.
-            self.model = copy.deepcopy(self.model).to(torch.bfloat16)
+            self.model = self.model.to(torch.bfloat16)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.device = torch.device(device)
+        self.quantized = None
+        if precision == "int8":
+            from models.quantize import (
+                SuperPointDense,
+                calibration_batch,
+                quantize_static,
+            )
+
+            channels = model.conf.get("input_channels", 1)
+            self.quantized = quantize_static(
+                SuperPointDense(copy.deepcopy(model).eval().float().cpu()),
+                calibration_batch(240, 320, channels),
+            )
         self.tag = tag
         self.grayscale = model.conf.get("input_channels", 1) == 1
         self.precision = precision
+
+    def dense(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense predictions (``heatmap``, ``dense_descriptors``) of a padded image."""
+        if self.quantized is not None:
+            from models.superpoint import logits_to_heatmap
+
+            outputs = self.quantized(image)
+            pred = {"heatmap": logits_to_heatmap(outputs[0].float())}
+            if len(outputs) > 1:
+                pred["dense_descriptors"] = F.normalize(outputs[1].float(), p=2, dim=1)
+            return pred
+        if self.precision == "bf16":
+            image = image.to(torch.bfloat16)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.model({"image": image})
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,12 +120,7 @@ class Extractor:
         pad_h, pad_w = (-h) % 8, (-w) % 8
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-        if self.precision == "bf16":
-            image = image.to(torch.bfloat16).contiguous(
-                memory_format=torch.channels_last
-            )
-        pred = self.model({"image": image})
-        out = self.model.detect(pred)
+        out = self.model.detect(self.dense(image))
         keypoints, scores = out["keypoints"][0], out["keypoint_scores"][0]
         border = self.model.conf["remove_borders"]
         inside = (keypoints[:, 0] < w - border) & (keypoints[:, 1] < h - border)
@@ -110,7 +161,7 @@ def load_extractor(
         device: torch device string.
         conf: overrides of the model's post-processing (``detection_threshold``,
             ``nms_radius``, ``remove_borders``, ``top_k``, ``descriptor_sampling``) and
-            ``precision`` (fp32|bf16).
+            ``precision`` (see :class:`Extractor`).
     """
     from models import build_model
     from models.r2d2 import is_r2d2_checkpoint, load_r2d2_extractor

@@ -225,15 +225,29 @@ def model_detector(
 
     Args:
         model: network whose ``forward({"image": x})`` returns ``heatmap`` ``(B, H, W)``.
-        precision: ``fp32`` or ``bf16``. For bf16 a copy of the network is cast once
-            (on CPUs with AMX several times faster than fp32, and faster than autocast,
-            which re-casts the weights at every call).
+        precision: ``fp32``, ``bf16`` or ``int8``. For bf16 a copy of the network is cast
+            once (on CPUs with AMX several times faster than fp32, and faster than autocast,
+            which re-casts the weights at every call); int8 quantises a copy's convolutions
+            (``models.quantize``, the fast path of CPUs without native bf16).
         channels_last: run convolutions in channels-last memory layout.
     """
-    model = model.eval()
+    model = copy.deepcopy(model).eval()
+    if precision == "int8":
+        from models.quantize import SuperPointDense, calibration_batch, quantize_static
+        from models.superpoint import logits_to_heatmap
+
+        quantized = quantize_static(
+            SuperPointDense(model.float().cpu()),
+            calibration_batch(240, 320, model.conf.get("input_channels", 1)),
+        )
+
+        @torch.inference_mode()
+        def detect_int8(images: torch.Tensor) -> torch.Tensor:
+            return logits_to_heatmap(quantized(images.float())[0].float())
+
+        return detect_int8
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    if dtype != torch.float32:
-        model = copy.deepcopy(model).to(dtype)
+    model = model.to(dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -364,7 +378,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="detector weights (export.checkpoint)")
     parser.add_argument("--shard", help="i/n: process every n-th image from the i-th")
     parser.add_argument("--device", help="auto | cpu | cuda[:i] (export.device)")
-    parser.add_argument("--precision", help="auto | fp32 | bf16 (export.precision)")
+    parser.add_argument(
+        "--precision", help="auto | fp32 | bf16 | int8 (export.precision)"
+    )
     parser.add_argument(
         "--overlays", type=int, help="write PNG overlays for this many images"
     )
@@ -398,9 +414,13 @@ def export_main(argv: list[str] | None = None) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         shard, shards = shard * world + rank, shards * world
         device = resolve_device(ex["device"], int(os.environ.get("LOCAL_RANK", "0")))
-        precision = resolve_precision(ex["precision"], device)
-        if precision == "fp16":
-            precision = "fp32"
+        if ex["precision"] == "int8":
+            if device.type != "cpu":
+                raise UserError("export.precision=int8 runs on the CPU only")
+            precision = "int8"
+        else:
+            precision = resolve_precision(ex["precision"], device)
+            precision = "fp32" if precision == "fp16" else precision
         entries = list_images(conf["data"], ex["split"])[shard::shards]
 
         if ex["checkpoint"]:

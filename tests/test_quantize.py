@@ -1,0 +1,47 @@
+"""Static int8 quantisation (the fast inference path of CPUs without native bf16)."""
+
+import numpy as np
+import torch
+
+from models.extractor import Extractor
+from models.quantize import SuperPointDense, calibration_batch, quantize_static
+from models.superpoint import SuperPoint
+
+TINY = {"channels": [8, 8, 16, 16], "head_channels": 16, "descriptor_dim": 16}
+
+
+def test_calibration_images_are_fixed_and_in_range():
+    first, second = calibration_batch(64, 80), calibration_batch(64, 80)
+    assert len(first) == 8 and first[0].shape == (1, 1, 64, 80)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert 0.0 <= min(float(x.min()) for x in first)
+    assert max(float(x.max()) for x in first) <= 1.0
+
+
+def test_int8_network_stays_close_to_fp32():
+    torch.manual_seed(0)
+    dense = SuperPointDense(SuperPoint(TINY).eval()).eval()
+    calibration = calibration_batch(64, 96)
+    quantized = quantize_static(dense, calibration)
+    with torch.inference_mode():
+        for image in calibration[:3]:
+            for exact, approx in zip(dense(image), quantized(image)):
+                assert approx.shape == exact.shape and approx.dtype == torch.float32
+                error = float((approx - exact).norm() / exact.norm())
+                assert error < 0.1, error
+
+
+def test_int8_extractor_output_contract():
+    torch.manual_seed(0)
+    model = SuperPoint({**TINY, "detection_threshold": 0.0153})
+    image = calibration_batch(64, 96)[4]
+    exact = Extractor(model, "t", precision="fp32")(image)
+    fast = Extractor(model, "t", precision="int8")(image)
+    keypoints = fast["keypoints"].numpy()
+    assert len(keypoints) > 0 and fast["descriptors"].shape == (len(keypoints), 16)
+    assert np.allclose(fast["descriptors"].norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert (keypoints >= 0).all() and (keypoints[:, 0] < 96).all()
+    assert (keypoints[:, 1] < 64).all()
+    # The caller's model is not modified by building extractors (copy, not in place).
+    assert next(model.parameters()).is_contiguous()
+    assert len(exact["keypoints"]) > 0
