@@ -6,10 +6,12 @@ thresholds 0.7, top 5000) on one 800x640 image (scikit-image's astronaut, resize
 - ``reference``: a plain re-implementation of the loop in NAVER's ``extract.py`` (the
   full network forward with batch norm, softmax heads and L2-normalised descriptor map
   at every scale, NCHW float32, ``torch.no_grad``), and
-- ``ours fp32`` / ``ours bf16``: :class:`models.r2d2.R2D2Extractor` (batch norm folded
-  into the convolutions, channels-last, heads as one chunked matrix product, descriptors
-  normalised at keypoints only, ``torch.inference_mode``; bf16 with
-  ``torch.autocast('cpu', dtype=torch.bfloat16)``),
+- ``ours fp32`` / ``ours int8`` / ``ours bf16``: :class:`models.r2d2.R2D2Extractor` (batch
+  norm folded into the convolutions, channels-last, heads as one chunked matrix product,
+  descriptors normalised at keypoints only, ``torch.inference_mode``; int8: the trunk
+  statically quantised (``models.quantize``), the fast path of CPUs without native bf16;
+  bf16 with ``torch.autocast('cpu', dtype=torch.bfloat16)``, only where the CPU runs bf16
+  natively),
 
 and reports seconds per image (best and median of ``--repeats`` interleaved runs: the
 machine is shared, the best run is the closest to the unloaded time) and the keypoint
@@ -42,6 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.common import native_precisions
+from engine.devices import cpu_line
 from models.r2d2 import R2D2Extractor
 from models.r2d2_net import R2D2Net, load_r2d2_checkpoint
 from utils.errors import run_cli
@@ -213,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         methods = []
         if not args.skip_reference:
             methods.append(("reference fp32", lambda im: reference_extract(net, im)))
-        for mode in (False, "bf16"):
-            extractor = R2D2Extractor({"autocast": mode}, net=net)
-            name = "ours " + ("bf16" if mode else "fp32")
-            methods.append((name, extractor))
+        for precision in ["fp32", "int8"] + native_precisions(("bf16",)):
+            conf = {"int8": True} if precision == "int8" else {}
+            if precision == "bf16":
+                conf = {"autocast": "bf16"}
+            methods.append((f"ours {precision}", R2D2Extractor(conf, net=net)))
         for _, fn in methods:
             fn(warm)  # first-call set-up (oneDNN primitives, folded trunk)
         # Methods are interleaved within each repeat so that load from other processes
@@ -243,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name]["recall_1px"] = recall
                 results[name]["precision_1px"] = precision
                 results[name]["speedup"] = base / results[name]["seconds_per_image"]
+        print(cpu_line())
         print(
             f"R2D2 multi-scale extraction, {results['image']} image, "
             f"{results['threads']} threads, weights: {results['weights']}"

@@ -33,25 +33,26 @@ CALIBRATION_IMAGES = 8
 
 @functools.cache
 def _calibration_photos() -> tuple[np.ndarray, ...]:
-    """Grey uint8 photographs of scikit-image, the calibration set (loaded once)."""
+    """RGB float photographs of scikit-image in [0, 1], the calibration set (loaded once)."""
     from datasets.hpatches_demo import load_photos
 
-    photos = []
-    for _, rgb in load_photos("builtin")[:CALIBRATION_IMAGES]:
-        gray = rgb if rgb.ndim == 2 else (rgb @ np.array([0.299, 0.587, 0.114]))
-        photos.append(gray.astype(np.float32) / 255.0)
-    return tuple(photos)
+    photos = load_photos("builtin")[:CALIBRATION_IMAGES]
+    return tuple(rgb.astype(np.float32) / 255.0 for _, rgb in photos)
 
 
 def calibration_batch(height: int, width: int, channels: int = 1) -> list[torch.Tensor]:
-    """The calibration images as ``(1, channels, height, width)`` tensors in [0, 1]."""
+    """The calibration images as ``(1, channels, height, width)`` tensors in [0, 1]
+    (``channels`` 1: grey, 3: RGB)."""
     images = []
     for photo in _calibration_photos():
-        tensor = torch.from_numpy(photo)[None, None]
+        tensor = torch.from_numpy(photo).permute(2, 0, 1)[None]
+        if channels == 1:
+            weights = tensor.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            tensor = (tensor * weights).sum(1, keepdim=True)
         tensor = F.interpolate(
             tensor, (height, width), mode="bilinear", align_corners=False
         )
-        images.append(tensor.expand(1, channels, height, width).contiguous())
+        images.append(tensor.contiguous())
     return images
 
 

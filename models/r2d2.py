@@ -65,7 +65,8 @@ class R2D2Extractor(nn.Module):
     (256 / 1024 px, longest side), ``scale_f`` (2^0.25), ``min_scale`` / ``max_scale``
     (0 / 1), ``autocast`` (autocast of the trunk: ``False``, ``True``/``"bf16"``,
     ``"fp16"`` (CUDA)), ``fp32_first_convs`` (2: leading convolutions kept in float32
-    under autocast), ``channels_last`` (True), ``weights`` (checkpoint path or None =
+    under autocast), ``channels_last`` (True), ``int8`` (False; True: static int8 trunk
+    on CPU, see ``models.quantize``), ``weights`` (checkpoint path or None =
     random initialisation), ``model`` (kwargs of :class:`R2D2Net` when no weights),
     ``tag``.
 
@@ -88,6 +89,7 @@ class R2D2Extractor(nn.Module):
         "autocast": None,
         "fp32_first_convs": 2,
         "channels_last": True,
+        "int8": False,
         "weights": None,
         "model": {},
         "tag": None,
@@ -109,17 +111,21 @@ class R2D2Extractor(nn.Module):
             else:
                 net = R2D2Net(**dict(self.conf["model"] or {}))
         self.net = net.eval()
-        self._trunk: nn.Sequential | None = None
+        self._trunk: nn.Module | None = None
+        self._trunk_device: torch.device | None = None
 
     @property
     def tag(self) -> str:
-        """Output file tag: checkpoint name (or ``r2d2``), ``-bf16`` with autocast."""
+        """Output file tag: checkpoint name (or ``r2d2``), then ``-bf16``/``-fp16`` with
+        autocast or ``-int8``."""
         if self.conf["tag"]:
             return str(self.conf["tag"])
         tag = "r2d2"
         if self.conf["weights"]:
             tag = os.path.splitext(os.path.basename(str(self.conf["weights"])))[0]
-        if self._autocast_enabled():
+        if self.conf["int8"]:
+            tag += "-int8"
+        elif self._autocast_enabled():
             tag += "-" + ("fp16" if self.conf["autocast"] == "fp16" else "bf16")
         return tag
 
@@ -129,12 +135,23 @@ class R2D2Extractor(nn.Module):
         self._trunk = None
         return super().train(mode)
 
-    def _get_trunk(self, device: torch.device) -> nn.Sequential:
-        if self._trunk is None or next(self._trunk.parameters()).device != device:
-            trunk = self.net.fused_trunk().to(device)
-            if self.conf["channels_last"]:
-                trunk = trunk.to(memory_format=torch.channels_last)
-            self._trunk = trunk
+    def _get_trunk(self, device: torch.device) -> nn.Module:
+        if self._trunk is not None and self._trunk_device == device:
+            return self._trunk
+        trunk = self.net.fused_trunk().to(device)
+        if self.conf["int8"]:
+            if device.type != "cpu":
+                raise UserError("R2D2 int8 extraction runs on the CPU only")
+            from models.quantize import calibration_batch, quantize_static
+
+            # Calibrated on the built-in photographs at 256x320, ImageNet-normalised
+            # like every input of the trunk.
+            trunk = quantize_static(
+                trunk, calibration_batch(256, 320, 3), preprocess=self.net.normalize
+            )
+        elif self.conf["channels_last"]:
+            trunk = trunk.to(memory_format=torch.channels_last)
+        self._trunk, self._trunk_device = trunk, device
         return self._trunk
 
     def _autocast_enabled(self) -> bool:
@@ -160,7 +177,7 @@ class R2D2Extractor(nn.Module):
         """
         trunk = self._get_trunk(image.device)
         x = image
-        if self.conf["channels_last"]:
+        if self.conf["channels_last"] and not self.conf["int8"]:
             x = x.contiguous(memory_format=torch.channels_last)
         # Under autocast, the first convolutions (on raw pixels, ~2% of the FLOPs) stay
         # in float32: bf16 rounding of the pixel intensities costs the most keypoint
@@ -172,7 +189,7 @@ class R2D2Extractor(nn.Module):
             split = convs[keep] if keep < len(convs) else len(trunk)
             x = trunk[:split](x)
         with self._autocast(image.device):
-            feats = trunk[split:](x)
+            feats = trunk[split:](x) if split else trunk(x)
         if self.net.fast:
             feats = F.interpolate(
                 feats, size=image.shape[-2:], mode="bilinear", align_corners=False
@@ -433,7 +450,8 @@ def load_r2d2_extractor(
         device: torch device string.
         conf: :data:`EXTRACTOR_OPTIONS` overrides (``top_k``, ``reliability_thr``,
             ``min_size``...) and ``precision`` (``fp32`` | ``bf16`` | ``fp16``: autocast
-            of the trunk).
+            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: bf16 where the
+            device runs it natively, else fp32).
 
     Raises:
         UserError: an option R2D2 does not understand (e.g. SuperPoint's
@@ -441,18 +459,24 @@ def load_r2d2_extractor(
     """
     conf = dict(conf or {})
     precision = conf.pop("precision", "fp32")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"precision={precision!r}: expected fp32, bf16 or fp16")
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        raise UserError(
+            f"precision={precision!r}: expected auto, fp32, bf16, fp16 or int8"
+        )
+    if precision == "auto":
+        from engine.devices import resolve_precision
+
+        precision = resolve_precision("auto", torch.device(device))
     unknown = set(conf) - set(EXTRACTOR_OPTIONS)
     if unknown:
         raise UserError(
             f"{source}: R2D2 extractor option(s) {sorted(unknown)} not understood "
             f"(valid: {', '.join(EXTRACTOR_OPTIONS)}, precision)"
         )
-    if precision != "fp32":
+    if precision == "int8":
+        conf.setdefault("int8", True)
+    elif precision != "fp32":
         conf.setdefault("autocast", precision)
     net = r2d2_net_from_checkpoint(obj, source)
-    tag = os.path.splitext(os.path.basename(source))[0]
-    if conf.get("autocast") in (True, "bf16", "fp16"):
-        tag += "-" + ("fp16" if conf["autocast"] == "fp16" else "bf16")
-    return R2D2Extractor({**conf, "tag": tag}, net=net).to(device)
+    extractor = R2D2Extractor({**conf, "weights": source}, net=net)
+    return extractor.to(device)

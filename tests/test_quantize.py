@@ -45,3 +45,20 @@ def test_int8_extractor_output_contract():
     # The caller's model is not modified by building extractors (copy, not in place).
     assert next(model.parameters()).is_contiguous()
     assert len(exact["keypoints"]) > 0
+
+
+def test_r2d2_int8_extractor_runs_and_tags():
+    from models.r2d2 import R2D2Extractor
+
+    torch.manual_seed(0)
+    conf = {"model": {"dim": 16, "mchan": 1}, "min_size": 32, "top_k": 200}
+    conf.update(reliability_thr=0.0, repeatability_thr=0.0)
+    exact = R2D2Extractor(conf)
+    fast = R2D2Extractor({**conf, "int8": True}, net=exact.net)
+    image = calibration_batch(64, 80, channels=3)[2]
+    a, b = exact(image), fast(image)
+    assert fast.tag == "r2d2-int8" and exact.tag == "r2d2"
+    assert b["descriptors"].shape[1] == 16 and len(b["keypoints"]) > 0
+    assert np.allclose(b["descriptors"].norm(dim=1).numpy(), 1.0, atol=1e-5)
+    # Same multi-scale pyramid: every keypoint lies in the image at a known scale.
+    assert set(b["scales"].tolist()) <= set(a["scales"].tolist()) | {32.0}
