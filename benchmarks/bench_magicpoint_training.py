@@ -1,23 +1,30 @@
-"""MagicPoint training throughput at 120x160: fp32 vs bf16 autocast, and data starvation.
+"""MagicPoint training throughput at 120x160: every speed switch against plain eager fp32.
 
-Part 1 times optimisation steps on one fixed batch (compute only) for each precision and memory
-format, side by side with the plain fp32 baseline. Part 2 runs the real engine on on-the-fly
-Synthetic Shapes (photometric + homographic augmentation, DataLoader workers) and reports
-images/s and the share of step time spent waiting for data (target < 5 %).
+Part 1 times optimisation steps on one fixed batch (compute only), side by side with the
+plain eager fp32 baseline (contiguous memory): channels-last, ``torch.compile`` (inductor),
+their combination, and bf16 autocast where the CPU runs it natively (skipped with a note
+elsewhere). Part 2 runs the real engine on on-the-fly Synthetic Shapes (photometric +
+homographic augmentation) with each placement of loader workers and compute threads on the
+machine's cores, and reports images/s and the share of step time spent waiting for data.
 
-    python -m benchmarks.bench_magicpoint_training [--batch-size 64] [--steps 10]
+    python -m benchmarks.bench_magicpoint_training [--batch-size 32] [--steps 10]
+
+To measure what an AVX2-only CPU does on a newer one, cap the instruction set:
+``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python -m benchmarks...`` (the CPU line
+says so).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
 import torch
 
+from benchmarks.common import native_precisions, print_header
 from datasets.synthetic_shapes import SyntheticShapes
-from engine.devices import cpu_has_native_bf16
 from engine.distributed import DistInfo
 from engine.state import seed_everything
 from engine.trainer import Trainer
@@ -37,7 +44,12 @@ def model_conf(width: str) -> dict:
 
 
 def compute_throughput(
-    width: str, precision: str, channels_last: bool, batch: int, steps: int
+    width: str,
+    precision: str,
+    channels_last: bool,
+    batch: int,
+    steps: int,
+    compile_model: bool = False,
 ):
     seed_everything(0)
     model = build_model(model_conf(width))
@@ -48,10 +60,12 @@ def compute_throughput(
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
 
+    network = torch.compile(model) if compile_model else model
+
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            pred = model({"image": images})
+            pred = network({"image": images})
         detector_loss(pred["logits"], keypoint_map).backward()
         optimizer.step()
 
@@ -64,9 +78,18 @@ def compute_throughput(
 
 
 def engine_run(
-    config: str, width: str, precision: str, batch: int, steps: int, workers: int
+    config: str,
+    width: str,
+    precision: str,
+    batch: int,
+    steps: int,
+    workers: int,
+    threads: int = 0,
+    compile_model: bool = False,
 ):
     overrides = [
+        f"train.num_threads={threads}",
+        f"train.compile={str(compile_model).lower()}",
         f"train.batch_size={batch}",
         f"train.max_steps={steps}",
         f"train.precision={precision}",
@@ -104,45 +127,74 @@ def engine_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--engine-steps", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--config", default="configs/magicpoint_shapes_cpu.yaml")
-    args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"native bf16: {cpu_has_native_bf16()}, batch {args.batch_size}, 120x160"
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed compute-only steps"
     )
-    print("\n1) compute only (fixed batch): images/s")
-    print(f"{'network':>8} {'format':>14} {'fp32':>8} {'bf16':>8} {'bf16/fp32':>10}")
-    for width in ("full", "narrow"):
-        for channels_last in (False, True):
-            fp32 = compute_throughput(
-                width, "fp32", channels_last, args.batch_size, args.steps
+    parser.add_argument(
+        "--engine-steps", type=int, default=60, help="steps of each real-engine run"
+    )
+    parser.add_argument(
+        "--widths", nargs="+", default=["half", "full"], help="half and/or full"
+    )
+    parser.add_argument("--config", default="configs/magicpoint_shapes_cpu.yaml")
+    parser.add_argument(
+        "--skip-engine", action="store_true", help="part 1 (compute only) only"
+    )
+    args = parser.parse_args()
+    print_header(
+        f"MagicPoint training, 120x160, batch {args.batch_size} "
+        "(images/s; ratios against plain eager fp32 measured in this run)"
+    )
+    precisions = native_precisions()
+    variants = [("fp32", False, False), ("fp32", True, False), ("fp32", True, True)]
+    if "bf16" in precisions:
+        variants += [("bf16", True, False), ("bf16", True, True)]
+    print("\n1) compute only (fixed batch)")
+    print(
+        f"{'network':>8} {'precision':>9} {'layout':>14} {'compile':>8} {'img/s':>8} {'ratio':>7}"
+    )
+    for width in args.widths:
+        base = None
+        for precision, channels_last, compiled in variants:
+            rate = compute_throughput(
+                width, precision, channels_last, args.batch_size, args.steps, compiled
             )
-            bf16 = compute_throughput(
-                width, "bf16", channels_last, args.batch_size, args.steps
-            )
-            fmt = "channels_last" if channels_last else "contiguous"
+            base = base or rate
+            layout = "channels_last" if channels_last else "contiguous"
             print(
-                f"{width:>8} {fmt:>14} {fp32:8.1f} {bf16:8.1f} {bf16 / fp32:9.2f}x",
+                f"{width:>8} {precision:>9} {layout:>14} {str(compiled):>8} "
+                f"{rate:8.1f} {rate / base:6.2f}x",
                 flush=True,
             )
-    print(f"\n2) real engine, on-the-fly Synthetic Shapes, {args.workers} workers")
-    print(f"{'network':>8} {'precision':>9} {'images/s':>9} {'data wait':>10}")
-    for width in ("narrow", "full"):
-        for precision in ("fp32", "bf16"):
+    if args.skip_engine:
+        return
+    cores = os.cpu_count() or 1
+    print(f"\n2) real engine, on-the-fly Synthetic Shapes ({cores} cores)")
+    print(
+        f"{'network':>8} {'precision':>9} {'workers':>7} {'threads':>7} "
+        f"{'compile':>8} {'img/s':>8} {'wait':>6}"
+    )
+    best = precisions[-1]
+    placements = [(2, cores), (1, cores), (2, max(1, cores - 1)), (0, cores)]
+    for width in args.widths[:1]:
+        for precision, workers, threads, compiled in [("fp32", 2, cores, False)] + [
+            (best, w, th, c) for (w, th) in placements for c in (False, True)
+        ]:
             speed, wait = engine_run(
                 args.config,
                 width,
                 precision,
                 args.batch_size,
                 args.engine_steps,
-                args.workers,
+                workers,
+                threads,
+                compiled,
             )
             print(
-                f"{width:>8} {precision:>9} {speed:9.1f} {100 * wait:9.1f}%", flush=True
+                f"{width:>8} {precision:>9} {workers:>7} {threads:>7} {str(compiled):>8} "
+                f"{speed:8.1f} {100 * wait:5.1f}%",
+                flush=True,
             )
 
 
