@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.devices import inference_precision
 from models.classical import OpenCVExtractor
 from utils.errors import UserError
 from utils.io import load_checkpoint
@@ -50,8 +51,8 @@ class Extractor:
             oneDNN runs faster and which gives the same numbers), ``bf16`` (the weights cast
             once, for CPUs with native bf16 and GPUs), ``int8`` (static int8 quantisation of
             the convolutions, calibrated on the built-in photographs; the fast path of CPUs
-            without native bf16, see ``models.quantize``) or ``auto`` (bf16 where native,
-            else fp32).
+            without native bf16, see ``models.quantize``) or ``auto`` (the fastest of these
+            for the device, :func:`engine.devices.inference_precision`).
     """
 
     def __init__(self, model, tag: str, device: str = "cpu", precision: str = "fp32"):
@@ -60,13 +61,8 @@ class Extractor:
                 f"precision={precision!r}: expected one of {', '.join(EXTRACTOR_PRECISIONS)}"
             )
         self.device = torch.device(device)
-        if precision == "auto":
-            from engine.devices import resolve_precision
-
-            precision = resolve_precision("auto", self.device)
-            precision = "fp32" if precision == "fp16" else precision
-        if precision == "int8" and self.device.type != "cpu":
-            raise UserError("precision=int8 runs on the CPU only; use bf16 on GPUs")
+        precision = inference_precision(precision, self.device)
+        precision = "bf16" if precision == "fp16" else precision
         # A copy: the caller's model keeps its dtype and memory format.
         self.model = copy.deepcopy(model).eval().to(device)
         self.channels_last = self.device.type == "cpu" or precision == "bf16"

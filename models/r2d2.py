@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.devices import inference_precision
 from losses.r2d2 import R2D2Loss
 from models.base_model import BaseModel
 from models.r2d2_net import (
@@ -450,8 +451,8 @@ def load_r2d2_extractor(
         device: torch device string.
         conf: :data:`EXTRACTOR_OPTIONS` overrides (``top_k``, ``reliability_thr``,
             ``min_size``...) and ``precision`` (``fp32`` | ``bf16`` | ``fp16``: autocast
-            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: bf16 where the
-            device runs it natively, else fp32).
+            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: the fastest for
+            the device, :func:`engine.devices.inference_precision`).
 
     Raises:
         UserError: an option R2D2 does not understand (e.g. SuperPoint's
@@ -463,10 +464,7 @@ def load_r2d2_extractor(
         raise UserError(
             f"precision={precision!r}: expected auto, fp32, bf16, fp16 or int8"
         )
-    if precision == "auto":
-        from engine.devices import resolve_precision
-
-        precision = resolve_precision("auto", torch.device(device))
+    precision = inference_precision(precision, torch.device(device))
     unknown = set(conf) - set(EXTRACTOR_OPTIONS)
     if unknown:
         raise UserError(

@@ -390,7 +390,7 @@ def export_main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from datasets.augmentation import homography_config
         from datasets.image_folder import list_images, load_gray, resize_image
-        from engine.devices import resolve_device, resolve_precision
+        from engine.devices import inference_precision, resolve_device
         from models import build_model
         from utils.io import atomic_savez, atomic_write, ensure_writable_dir
 
@@ -414,13 +414,8 @@ def export_main(argv: list[str] | None = None) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         shard, shards = shard * world + rank, shards * world
         device = resolve_device(ex["device"], int(os.environ.get("LOCAL_RANK", "0")))
-        if ex["precision"] == "int8":
-            if device.type != "cpu":
-                raise UserError("export.precision=int8 runs on the CPU only")
-            precision = "int8"
-        else:
-            precision = resolve_precision(ex["precision"], device)
-            precision = "fp32" if precision == "fp16" else precision
+        precision = inference_precision(ex["precision"], device)
+        precision = "fp32" if precision == "fp16" else precision
         entries = list_images(conf["data"], ex["split"])[shard::shards]
 
         if ex["checkpoint"]:

@@ -62,3 +62,39 @@ def test_r2d2_int8_extractor_runs_and_tags():
     assert np.allclose(b["descriptors"].norm(dim=1).numpy(), 1.0, atol=1e-5)
     # Same multi-scale pyramid: every keypoint lies in the image at a known scale.
     assert set(b["scales"].tolist()) <= set(a["scales"].tolist()) | {32.0}
+
+
+def test_auto_inference_precision_follows_the_cpu(monkeypatch):
+    import pytest
+
+    import engine.devices as devices
+    from utils.errors import UserError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.inference_precision("auto", cpu) == "bf16"
+    assert devices.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.inference_precision("auto", cpu) == "int8"
+    assert devices.resolve_precision("auto", cpu) == "fp32"  # training stays fp32
+    assert devices.inference_precision("fp32", cpu) == "fp32"
+    with pytest.raises(UserError, match="CPU only"):
+        devices.inference_precision("int8", torch.device("cuda"))
+
+
+def test_bf16_capped_by_the_instruction_set_is_not_native(monkeypatch):
+    import engine.devices as devices
+
+    info = {"model": "x", "cores": 2, "flags": ["avx2", "avx512f", "avx512_bf16"]}
+    for restricted, native in (
+        ({}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+    ):
+        monkeypatch.setattr(
+            devices, "cpu_info", lambda r=restricted: {**info, "restricted": r}
+        )
+        devices.cpu_has_native_bf16.cache_clear()
+        assert devices.cpu_has_native_bf16() is native, restricted
+    devices.cpu_has_native_bf16.cache_clear()
