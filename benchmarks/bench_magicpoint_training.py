@@ -32,7 +32,6 @@ from losses.detector import detector_loss
 from models import build_model
 from utils.config import load_config
 
-
 WIDTHS = {
     "full": ([64, 64, 128, 128], 256),
     "three_quarter": ([48, 48, 96, 96], 192),
