@@ -148,6 +148,9 @@ def main() -> None:
         "--skip-engine", action="store_true", help="part 1 (compute only) only"
     )
     parser.add_argument(
+        "--skip-compile", action="store_true", help="no torch.compile rows in part 1"
+    )
+    parser.add_argument(
         "--engine-compile",
         action="store_true",
         help="also run the engine with train.compile (slow to start)",
@@ -161,6 +164,8 @@ def main() -> None:
     variants = [("fp32", False, False), ("fp32", True, False), ("fp32", True, True)]
     if "bf16" in precisions:
         variants += [("bf16", True, False), ("bf16", True, True)]
+    if args.skip_compile:
+        variants = [v for v in variants if not v[2]]
     print("\n1) compute only (fixed batch)")
     print(
         f"{'network':>8} {'precision':>9} {'layout':>14} {'compile':>8} {'img/s':>8} {'ratio':>7}"
