@@ -79,16 +79,3 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
-
-def worker_init(worker_id: int) -> None:
-    """Loader workers make one sample at a time: one OpenCV thread each.
-
-    OpenCV otherwise starts a thread per core in every worker, and with two workers beside
-    the training process's own threads a 2-core CPU runs six busy threads (PyTorch already
-    gives each worker one intra-op thread).
-    """
-    try:
-        import cv2
-    except ImportError:
-        return
-    cv2.setNumThreads(1)

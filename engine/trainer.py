@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from engine.data import ResumableSampler, collate, worker_init
+from engine.data import ResumableSampler, collate
 from engine.devices import autocast, move_to_device, resolve_precision
 from engine.distributed import DistInfo, all_reduce_sums
 from engine.state import (
@@ -87,7 +87,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "channels_last": False,
     # CPU/GPU speed switches (README, "Speed"): torch.compile of the network (inductor), and
     # the number of intra-op threads of the training process (0: PyTorch's default, one per
-    # core). Loader workers always run OpenCV single-threaded (engine.data.worker_init).
+    # core).
     "compile": False,
     "num_threads": 0,
     # Weights to start a fresh run from (a train_*.py checkpoint or a published SuperPoint
@@ -212,7 +212,6 @@ class Trainer:
             drop_last=False,
             prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=worker_init if workers > 0 else None,
         )
 
     def _train_batches(self) -> Iterator[dict[str, Any]]:
