@@ -123,8 +123,9 @@ def distorted_sample(
         conf: the ``data`` config (keys of ``DEFAULT_CONF``).
 
     Returns:
-        ``points (N, C)`` float32, ``target`` float32 (of ``conf['target']``), and the
-        ``shift``, ``focal_ratio`` and ``scale`` of the distortion.
+        ``points (N, C)`` float32, ``target`` (the value of ``conf['target']``), and the
+        ``shift``, ``focal_ratio`` and ``scale`` of the distortion, as Python floats
+        (batched to ``(B,)`` tensors).
     """
     valid = valid_depth_mask(depth)
     if conf["distort_shift"]:
@@ -154,10 +155,10 @@ def distorted_sample(
     values = {"shift": shift, "focal": ratio, "scale": scale}
     return {
         "points": points,
-        "target": np.array(values[conf["target"]], np.float32),
-        "shift": np.array(shift, np.float32),
-        "focal_ratio": np.array(ratio, np.float32),
-        "scale": np.array(scale, np.float32),
+        "target": float(values[conf["target"]]),
+        "shift": shift,
+        "focal_ratio": ratio,
+        "scale": scale,
     }
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import data_gen
 from datasets.pointcloud import PointCloudDataset, distorted_sample, main
+from engine.data import collate
 from geometry.camera import depth_to_points, intrinsics_from_fov
 from tests.test_depth_readers import sens_frames, write_sens
 
@@ -25,6 +26,8 @@ def test_samples_are_pure_functions_of_seed_epoch_and_index():
     other = PointCloudDataset({**TINY, "seed": 9}, "train")
     assert other[1]["focal_ratio"] != a["focal_ratio"]
     assert len(first) + len(PointCloudDataset(TINY, "val")) == 6
+    batch = collate([first[0], first[1]])
+    assert batch["points"].shape == (2, 64, 3) and batch["target"].shape == (2,)
 
 
 def test_targets_correct_the_sampled_cloud_exactly():

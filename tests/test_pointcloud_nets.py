@@ -79,5 +79,8 @@ def test_bad_model_configs_are_named():
     with pytest.raises(UserError, match="unknown config key 'model.voxel_size'"):
         build_cloud_model({**TINY_POINT, "voxel_size": 0.1})
     model = build_cloud_model(TINY_POINT)
+    pred = model({"points": torch.rand(2, 10, 3)})
+    with pytest.raises(UserError, match=r"target of shape \(2, 1\)"):
+        model.loss(pred, {"target": torch.ones(2, 1)})
     with pytest.raises(UserError, match="input_channels=3"):
         model({"points": torch.rand(1, 10, 5)})
