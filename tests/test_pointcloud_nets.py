@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.pointcloud_nets import build_cloud_model, voxelize
+from models.pointcloud_nets import build_cloud_model, neighbor_edges, voxelize
 from utils.errors import UserError
 
 TINY_POINT = {"name": "pointnet", "widths": [8, 16], "head": [8]}
@@ -15,6 +15,21 @@ TINY_VOXEL = {
     "voxel_size": 0.5,
     "grid_extent": [1.0, 1.0, 2.0],
 }
+
+
+def test_neighbor_edges_equal_a_plain_loop():
+    points = torch.rand(2, 12, 5, generator=torch.Generator().manual_seed(1))
+    edges = neighbor_edges(points, 3)
+    assert edges.shape == (2, 12, 3, 10)
+    for b in range(2):
+        for i in range(12):
+            distances = ((points[b, :, :3] - points[b, i, :3]) ** 2).sum(-1)
+            distances[i] = float("inf")
+            nearest = torch.argsort(distances)[:3]
+            torch.testing.assert_close(edges[b, i, :, :5], points[b, i].expand(3, 5))
+            torch.testing.assert_close(
+                edges[b, i, :, 5:], points[b, nearest] - points[b, i]
+            )
 
 
 def test_voxelize_equals_a_plain_loop():
@@ -38,7 +53,9 @@ def test_voxelize_equals_a_plain_loop():
     np.testing.assert_allclose(grid[:, 5], np.log1p(counts), atol=1e-6)
 
 
-@pytest.mark.parametrize("conf", [TINY_POINT, TINY_VOXEL])
+@pytest.mark.parametrize(
+    "conf", [TINY_POINT, {**TINY_POINT, "neighbors": 4}, TINY_VOXEL]
+)
 @pytest.mark.parametrize("channels", [3, 5])
 def test_regressors_shapes_gradients_and_initial_value(conf, channels):
     torch.manual_seed(0)
@@ -60,9 +77,11 @@ def test_regressors_shapes_gradients_and_initial_value(conf, channels):
     assert torch.allclose(shift(batch)["value"], torch.zeros(2), atol=0.05)
 
 
-def test_pointnet_ignores_point_order():
+@pytest.mark.parametrize("neighbors", [0, 4])
+def test_pointnet_ignores_point_order(neighbors):
     torch.manual_seed(0)
-    model = build_cloud_model({**TINY_POINT, "target": "shift"}).eval()
+    model = build_cloud_model({**TINY_POINT, "target": "shift", "neighbors": neighbors})
+    model.eval()
     points = torch.rand(2, 30, 3)
     order = torch.randperm(30)
     with torch.no_grad():
