@@ -55,6 +55,8 @@ DEFAULT_CONF: dict[str, Any] = {
     "root": None,
     "procedural": {"count": 1000, "seed": 0, "size": [96, 128]},
     "train_split": 0.9,  # share of the samples used for training, the rest validates
+    # Read this split's depth maps once into memory (forked loader workers share them).
+    "preload": False,
     "seed": 0,
     "num_points": 2048,
     "input_channels": 3,  # 3: xyz, 5: xyz + normalised uv
@@ -244,6 +246,11 @@ class PointCloudDataset(Dataset):
                 f"of {total}"
             )
         self.split, self.epoch = split, 0
+        self.preloaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if self.conf["preload"] and self.source is None:
+            self.preloaded = {
+                int(i): load_generated(self.files[int(i)]) for i in self.items
+            }
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -254,6 +261,8 @@ class PointCloudDataset(Dataset):
     def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Metric ``depth (H, W)`` and ``K (3, 3)`` of sample ``index``."""
         item = int(self.items[index])
+        if item in self.preloaded:
+            return self.preloaded[item]
         if self.source is not None:
             frame = self.source.load(item)
             return frame.depth, frame.K

@@ -229,7 +229,7 @@ def affine_depth_with_shift(
         ``(H, W)`` float64 distorted depth (invalid pixels keep their input value) and ``a``.
     """
     low, high = depth_statistics(depth, valid)
-    lower, upper = shift_bounds(depth, valid)
+    lower, upper = -low / max(high - low, 1e-12), 1.0  # shift_bounds, stats reused
     if not lower < shift < upper:
         raise UserError(
             f"shift {shift:.3f} is not reachable for this depth map "
