@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 
 import train_3d
 from engine.state import latest_checkpoint
@@ -13,8 +14,6 @@ SHRINK = [
     "data.procedural.size=[24,32]",
     "data.train_split=0.75",
     "data.num_points=64",
-    "model.widths=[8,16]",
-    "model.head=[8]",
     "train.batch_size=2",
     "train.num_workers=0",
     "train.val_every=2",
@@ -27,24 +26,36 @@ SHRINK = [
 ]
 
 
+POINTNET = ["model.widths=[8,16]", "model.head=[8]"]
+
+
 def run(tmp_path, config, exp, steps, *extra):
     args = [config, "--exp", exp, "--logdir", str(tmp_path), *SHRINK]
+    if "voxel" not in config:
+        args += POINTNET
     return train_3d.run([*args, f"train.max_steps={steps}", *extra])
 
 
-@pytest.mark.parametrize(
-    ("config", "extra"),
-    [
-        ("configs/pointcloud_focal.yaml", []),
-        (
-            "configs/pointcloud_shift.yaml",
-            ["model.name=voxelnet", "model.voxel_size=0.5", "model.input_channels=5"],
-        ),
-    ],
-)
-def test_steps_write_checkpoint_events_and_resume_exactly(tmp_path, config, extra):
-    if extra:  # voxelnet: its own widths key, no head override needed
-        extra = [*extra, "model.widths=[4,8]"]
+def voxel_config(tmp_path) -> str:
+    """The shift recipe with the voxel network (its model keys replace PointNet's)."""
+    conf = yaml.safe_load(open("configs/pointcloud_shift.yaml"))
+    conf["model"] = {
+        "name": "voxelnet",
+        "target": "shift",
+        "input_channels": 5,
+        "voxel_size": 0.5,
+        "widths": [4, 8],
+    }
+    path = tmp_path / "voxel_shift.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return str(path)
+
+
+@pytest.mark.parametrize("network", ["pointnet", "voxelnet"])
+def test_steps_write_checkpoint_events_and_resume_exactly(tmp_path, network):
+    config, extra = "configs/pointcloud_focal.yaml", []
+    if network == "voxelnet":
+        config, extra = voxel_config(tmp_path), ["model.head=[8]"]
     straight = run(tmp_path, config, "straight", 3, *extra)
     run_dir = tmp_path / "straight"
     assert (run_dir / "config.yaml").is_file()
