@@ -12,7 +12,8 @@ it (LeReS, CVPR 2021):
   inference gives it and ``normalised - s`` is the true geometry up to scale. Without
   shift distortion the depth is the true one divided by its 98th percentile (``s = 0``).
 * **focal**: the cloud is unprojected with the focal lengths multiplied by a ratio ``r``
-  drawn in ``focal_range`` (LeReS: [0.6, 1.25]); the true focal is ``f_in / r``.
+  drawn in ``focal_range`` (LeReS: [0.6, 1.25]; uniformly, or uniformly in log space with
+  ``focal_log_uniform``); the true focal is ``f_in / r``.
 
 The network reads ``num_points`` pixels drawn from the valid ones, as ``xyz`` (3 channels)
 or ``xyz`` plus the pixel's normalised ``(u - cx, v - cy) / (H / 2)`` (5 channels), and
@@ -65,6 +66,8 @@ DEFAULT_CONF: dict[str, Any] = {
     "shift_range": [-0.25, 0.8],
     "distort_focal": True,
     "focal_range": [0.6, 1.25],
+    # Draw the focal ratio uniformly in log space (as often below 1 as above, by ratio).
+    "focal_log_uniform": False,
 }
 
 
@@ -144,7 +147,13 @@ def distorted_sample(
         normalised[valid] = depth[valid] / np.percentile(
             depth[valid], NORMALISATION_PERCENTILE
         )
-    ratio = float(rng.uniform(*conf["focal_range"])) if conf["distort_focal"] else 1.0
+    ratio = 1.0
+    if conf["distort_focal"]:
+        low, high = conf["focal_range"]
+        if conf["focal_log_uniform"]:
+            ratio = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+        else:
+            ratio = float(rng.uniform(low, high))
     points = cloud_input(
         normalised,
         valid,

@@ -12,7 +12,9 @@ networks need nothing beyond ``torch``:
 
 Each predicts one scalar, the ``target`` of the config (``shift``, ``focal`` ratio or
 ``scale``; one target per model, as in Train-3D), as ``initial + head(features)``, where
-``initial`` is ``initial_scale`` for the ratios and 0 for the shift, so an untrained model
+``initial`` is ``initial_scale`` for the ratios and 0 for the shift (with ``log_space``, a
+ratio is ``initial_scale * exp(head(features))`` and its loss compares logarithms, so
+errors count relatively and the prediction stays positive), so an untrained model
 predicts "no correction".
 """
 
@@ -49,6 +51,8 @@ class CloudRegressor(BaseModel):
         # Prediction of the untrained model for the focal/scale ratios (the shift starts
         # at 0): the output is this plus the head's output.
         "initial_scale": 1.0,
+        # Ratio targets (focal, scale) regressed as logarithms: L1 on log ratios.
+        "log_space": False,
         "head": [128, 64],
     }
     default_loss_conf: dict[str, Any] = {"type": "l1"}  # l1 | smooth_l1 | l2
@@ -69,6 +73,14 @@ class CloudRegressor(BaseModel):
         last = self.head[-1]
         nn.init.normal_(last.weight, std=1e-3)
         nn.init.zeros_(last.bias)
+        if conf["target"] != "shift" and conf["initial_scale"] <= 0:
+            raise UserError(
+                f"model.initial_scale must be > 0, got {conf['initial_scale']}"
+            )
+        if conf["log_space"] and conf["target"] == "shift":
+            raise UserError(
+                "model.log_space applies to the focal and scale ratios only"
+            )
         initial = 0.0 if conf["target"] == "shift" else float(conf["initial_scale"])
         self.register_buffer("initial", torch.tensor(initial), persistent=False)
 
@@ -95,8 +107,10 @@ class CloudRegressor(BaseModel):
                 f"points of shape {tuple(points.shape)} do not fit a model with "
                 f"input_channels={self.conf['input_channels']} (expected (B, N, C))"
             )
-        value = self.head(self.features(points)).squeeze(-1)
-        return {"value": value.float() + self.initial}
+        value = self.head(self.features(points)).squeeze(-1).float()
+        if self.conf["log_space"]:
+            return {"value": self.initial * torch.exp(value)}
+        return {"value": value + self.initial}
 
     def loss(
         self, pred: dict[str, torch.Tensor], data: dict[str, Any]
@@ -109,6 +123,8 @@ class CloudRegressor(BaseModel):
                 f"{tuple(value.shape)}"
             )
         kind = self.loss_conf["type"]
+        if self.conf["log_space"]:
+            value, target = torch.log(value), torch.log(target.clamp_min(1e-6))
         if kind == "l1":
             term = (value - target).abs().mean()
         elif kind == "smooth_l1":

@@ -26,6 +26,13 @@ def test_samples_are_pure_functions_of_seed_epoch_and_index():
     other = PointCloudDataset({**TINY, "seed": 9}, "train")
     assert other[1]["focal_ratio"] != a["focal_ratio"]
     assert len(first) + len(PointCloudDataset(TINY, "val")) == 6
+    logs = PointCloudDataset(
+        {**TINY, "focal_log_uniform": True, "focal_range": [0.5, 2]}
+    )
+    ratios = [logs[i]["focal_ratio"] for i in range(len(logs))]
+    assert all(0.5 <= r <= 2 for r in ratios) and ratios != [a["focal_ratio"]] * len(
+        ratios
+    )
     batch = collate([first[0], first[1]])
     assert batch["points"].shape == (2, 64, 3) and batch["target"].shape == (2,)
 

@@ -77,6 +77,19 @@ def test_regressors_shapes_gradients_and_initial_value(conf, channels):
     assert torch.allclose(shift(batch)["value"], torch.zeros(2), atol=0.05)
 
 
+def test_log_space_ratio_is_positive_and_its_loss_compares_logarithms():
+    torch.manual_seed(0)
+    model = build_cloud_model({**TINY_POINT, "log_space": True, "initial_scale": 2.0})
+    pred = model({"points": torch.rand(3, 20, 3)})
+    assert torch.allclose(pred["value"], torch.full((3,), 2.0), atol=0.05)
+    target = torch.tensor([1.0, 4.0, 0.5])
+    losses, _ = model.loss(pred, {"target": target})
+    expected = (pred["value"].log() - target.log()).abs().mean()
+    torch.testing.assert_close(losses["total"], expected)
+    with pytest.raises(UserError, match="log_space applies to the focal and scale"):
+        build_cloud_model({**TINY_POINT, "log_space": True, "target": "shift"})
+
+
 @pytest.mark.parametrize("neighbors", [0, 4])
 def test_pointnet_ignores_point_order(neighbors):
     torch.manual_seed(0)
