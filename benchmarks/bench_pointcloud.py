@@ -1,6 +1,7 @@
 """Benchmark: the point-cloud module's networks and data generation on this machine.
 
-Prints a CPU line (model name, avx2 / avx512f / avx512_bf16 / amx flags), then:
+Prints the CPU line (``engine.devices.cpu_line``: model name, avx2 / avx512f / avx512_bf16 /
+amx flags), then:
 
 * points/s through each network (the demo's PointNet and the default VoxelNet), forward
   only and forward + backward + Adam step, in fp32 and under bf16 autocast, with the
@@ -35,30 +36,13 @@ from datasets.procedural_scenes import (  # noqa: E402
     render,
     render_procedural,
 )
+from engine.devices import cpu_line  # noqa: E402
 from models.pointcloud_nets import build_cloud_model  # noqa: E402
 
 NETWORKS = {
     "pointnet": {"name": "pointnet", "widths": [64, 128, 256], "head": [128, 64]},
     "voxelnet": {"name": "voxelnet"},
 }
-
-
-def cpu_line() -> str:
-    """``CPU: <model name>, <n> threads, flags: avx2 ... (absent flags marked '-')``."""
-    name, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name == "unknown":
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = []
-    for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"):
-        shown.append(flag if flag in flags else f"-{flag}")
-    return f"CPU: {name}, {torch.get_num_threads()} threads, flags: {' '.join(shown)}"
 
 
 def amp(precision: str) -> torch.autocast:
