@@ -3,7 +3,8 @@
 Prints the CPU line (``engine.devices.cpu_line``: model name, avx2 / avx512f / avx512_bf16 /
 amx flags), then:
 
-* points/s through each network (the demo's PointNet and the default VoxelNet), forward
+* points/s through each network (the demo's PointNet, without and with its EdgeConv layer,
+  and the default VoxelNet), forward
   only and forward + backward + Adam step, in fp32 and under bf16 autocast, with the
   bf16 / fp32 ratio (> 1: bf16 is the faster path here); the PointNet's per-point MLP is
   also timed as ``Conv1d`` layers, the plain formulation its ``Linear`` layers replace;
@@ -12,12 +13,14 @@ amx flags), then:
   renderer (the same scene at the same size), and training samples built from a
   generated folder (load, distort, normalise, sample points).
 
-    python benchmarks/bench_pointcloud.py [--batch-size 32] [--points 1024] [--repeats 5]
+    python benchmarks/bench_pointcloud.py [--batch-size 32] [--points 512] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import tempfile
@@ -39,8 +42,10 @@ from datasets.procedural_scenes import (  # noqa: E402
 from engine.devices import cpu_line  # noqa: E402
 from models.pointcloud_nets import build_cloud_model  # noqa: E402
 
+# The demo's networks (configs/pointcloud_*.yaml) and the voxel network's defaults.
 NETWORKS = {
-    "pointnet": {"name": "pointnet", "widths": [64, 128, 256], "head": [128, 64]},
+    "pointnet": {"name": "pointnet", "widths": [32, 64, 128], "neighbors": 8},
+    "pointnet, no EdgeConv": {"name": "pointnet", "widths": [32, 64, 128]},
     "voxelnet": {"name": "voxelnet"},
 }
 
@@ -106,8 +111,8 @@ class Conv1dPointMLP(nn.Module):
 
 
 def per_point_mlp_rates(points: torch.Tensor, repeats: int) -> None:
-    widths = NETWORKS["pointnet"]["widths"]
-    model = build_cloud_model(NETWORKS["pointnet"])
+    widths = NETWORKS["pointnet, no EdgeConv"]["widths"]
+    model = build_cloud_model(NETWORKS["pointnet, no EdgeConv"])
     conv = Conv1dPointMLP(widths)
     count = points.shape[0] * points.shape[1]
     for precision in ("fp32", "bf16"):
@@ -122,8 +127,8 @@ def per_point_mlp_rates(points: torch.Tensor, repeats: int) -> None:
 
         fast, plain = count / timed(linear, repeats), count / timed(conv1d, repeats)
         print(
-            f"  per-point MLP fwd+bwd {precision}: Linear {fast / 1e6:.2f} M points/s, "
-            f"Conv1d {plain / 1e6:.2f} M points/s ({fast / plain:.2f}x)"
+            f"  per-point MLP fwd+bwd {precision}: Linear {fast / 1e3:.0f} k points/s, "
+            f"Conv1d {plain / 1e3:.0f} k points/s (Linear/Conv1d {fast / plain:.2f}x)"
         )
 
 
@@ -173,13 +178,12 @@ def data_rates(repeats: int) -> None:
     from datasets.pointcloud_gen import main as generate
 
     with tempfile.TemporaryDirectory() as folder:
-        generate(
-            ["--procedural", "40", "--size", "96,128", "--out", folder],
-        )
-        dataset = PointCloudDataset({"root": folder, "num_points": 1024}, "train")
+        with contextlib.redirect_stdout(io.StringIO()):
+            generate(["--procedural", "40", "--size", "96,128", "--out", folder])
+        dataset = PointCloudDataset({"root": folder, "num_points": 512}, "train")
         seconds = timed(lambda: [dataset[i] for i in range(len(dataset))], repeats)
         print(
-            f"  training samples (96x128 depth -> 1024 points): "
+            f"  training samples (96x128 depth file -> 512 distorted points): "
             f"{len(dataset) / seconds:.1f} samples/s"
         )
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--batch-size", type=int, default=32, help="clouds per batch")
-    parser.add_argument("--points", type=int, default=1024, help="points per cloud")
+    parser.add_argument("--points", type=int, default=512, help="points per cloud")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (median)")
     args = parser.parse_args(argv)
     print(cpu_line())
@@ -205,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             fp32, bf16 = rates[f"{kind} fp32"], rates[f"{kind} bf16"]
             faster = "bf16" if bf16 > fp32 else "fp32"
             print(
-                f"  {name} {kind}: fp32 {fp32 / 1e6:.2f} M points/s, bf16 "
-                f"{bf16 / 1e6:.2f} M points/s (bf16/fp32 {bf16 / fp32:.2f}x; "
+                f"  {name} {kind}: fp32 {fp32 / 1e3:.0f} k points/s, bf16 "
+                f"{bf16 / 1e3:.0f} k points/s (bf16/fp32 {bf16 / fp32:.2f}x; "
                 f"faster: {faster})"
             )
     per_point_mlp_rates(points, args.repeats)
