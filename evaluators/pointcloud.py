@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="distortion and point sampling"
     )
     parser.add_argument(
+        "--draws",
+        type=int,
+        default=8,
+        help="point samplings of each cloud whose predictions are averaged",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("outputs/pointcloud_eval"),
@@ -230,18 +236,23 @@ def predict(
     K: np.ndarray,
     rng: np.random.Generator,
     device: torch.device,
+    draws: int = 1,
 ) -> float:
-    """The model's scalar prediction for ``depth`` unprojected with ``K``."""
-    points = cloud_input(
-        depth,
-        valid,
-        K,
-        conf["data"]["num_points"],
-        rng,
-        conf["model"]["input_channels"],
-    )
-    batch = {"points": torch.from_numpy(points)[None].to(device)}
-    return float(model(batch)["value"][0])
+    """The model's prediction for ``depth`` unprojected with ``K``, averaged over ``draws``
+    independent samplings of the cloud's points (one batch)."""
+    points = [
+        cloud_input(
+            depth,
+            valid,
+            K,
+            conf["data"]["num_points"],
+            rng,
+            conf["model"]["input_channels"],
+        )
+        for _ in range(draws)
+    ]
+    batch = {"points": torch.from_numpy(np.stack(points)).to(device)}
+    return float(model(batch)["value"].mean())
 
 
 def recover(
@@ -251,6 +262,7 @@ def recover(
     fov_init: float,
     rng: np.random.Generator,
     device: torch.device,
+    draws: int = 1,
 ) -> dict[str, Any]:
     """Focal, then shift, then focal again (LeReS) for one emulated or real network depth.
 
@@ -274,7 +286,9 @@ def recover(
     # The exact shift is always below the smallest normalised depth; keep depths positive.
     shift = min(shift, float(normalised[valid].min()) - 1e-3)
     corrected = np.where(valid, normalised - shift, 0).astype(np.float32)
-    focal2 = focal1 / predict(*focal_model, corrected, valid, K_of(focal1), rng, device)
+    focal2 = focal1 / predict(
+        *focal_model, corrected, valid, K_of(focal1), rng, device, draws
+    )
     return {
         "focal_init": focal0,
         "focal_first": focal1,
@@ -405,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         low_high = parse_range(args.distort_shift) if args.distort_shift else None
+        if args.draws < 1:
+            raise UserError(f"--draws must be >= 1, got {args.draws}")
         if not 0 < args.fov_init < 180:
             raise UserError(f"--fov-init {args.fov_init} is not in (0, 180)")
         device = resolve_device(args.device)
@@ -432,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             elif item.K is not None:
                 true_shift = normalized_shift(item.depth, valid)
-            result = recover(depth_net, valid, models, args.fov_init, rng, device)
+            result = recover(
+                depth_net, valid, models, args.fov_init, rng, device, args.draws
+            )
             height, width = item.depth.shape
             fov = float(focal_to_fov(result["focal"], height))
             print(

@@ -113,7 +113,9 @@ def test_single_png_with_intrinsics_and_rgb(setup, tmp_path, capsys):
     assert np.allclose(np.asarray(cloud.colors), 200 / 255, atol=0.02)
 
 
-@pytest.mark.parametrize("case", ["size", "model_target", "missing", "nan", "range"])
+@pytest.mark.parametrize(
+    "case", ["size", "model_target", "missing", "nan", "range", "draws"]
+)
 def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, case):
     root, focal, shift = setup
     depth_path = tmp_path / "d.npy"
@@ -131,9 +133,12 @@ def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, cas
     elif case == "nan":
         depth[:] = np.nan
         message = "has 0 valid pixels of 768 (NaN 768"
-    else:
+    elif case == "range":
         args += ["--distort-shift", "0.5"]
         message = "--distort-shift '0.5' is not LO,HI"
+    else:
+        args += ["--draws", "0"]
+        message = "--draws must be >= 1, got 0"
     np.save(depth_path, depth)
     out = tmp_path / "eval"
     code = evaluation.main(
