@@ -2,6 +2,7 @@
 
 python data_gen.py synthetic_shapes --out data/synthetic_shapes
 python data_gen.py hpatches_demo --images builtin --out data/hpatches_demo
+python data_gen.py pointclouds --procedural 2000 --size 96,128 --out data/pointclouds
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ COMMANDS = {
     "hpatches_demo": (
         "datasets.hpatches_demo:main",
         "write HPatches-format sequences from any images (or the built-in photos)",
+    ),
+    "pointclouds": (
+        "datasets.pointcloud_gen:main",
+        "depth maps with exact intrinsics for the point-cloud module (datasets, procedural)",
     ),
 }
 

@@ -2,6 +2,7 @@
 
 python evaluation.py synthetic_shapes --checkpoint logs/magicpoint/checkpoints/best.pt
 python evaluation.py hpatches --preset superpoint --features sift
+python evaluation.py pointcloud --focal-model F.pt --shift-model S.pt --depth data/pc_test
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ COMMANDS = {
     "hpatches": (
         "evaluators.hpatches:main",
         "HPatches sequences under a named published protocol (preset)",
+    ),
+    "pointcloud": (
+        "evaluators.pointcloud:main",
+        "recover focal length and depth shift of depth maps (LeReS); score and write .ply",
     ),
 }
 

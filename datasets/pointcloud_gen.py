@@ -1,0 +1,335 @@
+"""``data_gen.py pointclouds``: metric depth + exact intrinsics for the point-cloud module.
+
+Reads any mix of ScanNet ``.sens`` files, 3D Ken Burns, Taskonomy, a folder of depth maps
+with given intrinsics, and procedural scenes (``datasets.depth_sources``), spreads the
+requested number of samples of each source evenly over its scenes, and writes::
+
+    OUT/plan.json                 the sample list and settings (checked on resume)
+    OUT/depths/000000.npz         depth (H, W) float32 metres, 0 = invalid; invalid_counts
+    OUT/intrinsics/000000.npy     K (3, 3) float64 (vertical FOV convention: geometry.camera)
+    OUT/rgb/000000.jpg            colour, when the source has it
+    OUT/focals.npy OUT/scales.npy focal fy (pixels) and maximum depth (m) of every sample
+    OUT/fovs.npy                  vertical field of view (degrees) of every sample
+    OUT/histograms.png            their histograms
+    OUT/summary.json              counts per source and masked invalid pixels
+
+Every file is written atomically and a finished sample is skipped on a re-run, so an
+interrupted run resumes; ``--shard I/N`` makes process ``I`` of ``N`` write every N-th
+sample, and whichever shard finds all samples present writes the distribution files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from datasets.depth_io import (
+    check_intrinsics_fit,
+    clean_depth,
+    describe_invalid,
+    parse_intrinsics,
+    read_intrinsics_file,
+)
+from datasets.depth_sources import (
+    FolderSource,
+    KenBurnsSource,
+    ProceduralSource,
+    ScanNetSource,
+    TaskonomySource,
+    spread_evenly,
+)
+from datasets.procedural_scenes import parse_size
+from geometry.camera import focal_to_fov
+from utils.errors import UserError, run_cli
+from utils.io import atomic_write, atomic_write_text, ensure_writable_dir
+
+PROG = "data_gen.py pointclouds"
+DATASET_OPTIONS = ("scannet", "kenburns", "taskonomy", "folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Write depth maps with exact intrinsics (depths/, intrinsics/) and "
+        "their focal/scale distributions for train_3d.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--scannet", help="folder of ScanNet .sens files (recursive)")
+    parser.add_argument("--kenburns", help="3D Ken Burns folder (*-depth.exr + meta)")
+    parser.add_argument(
+        "--taskonomy", help="Taskonomy folder (depth_zbuffer + point_info)"
+    )
+    parser.add_argument("--folder", help="folder of depth maps (PNG/EXR/NPY/NPZ)")
+    parser.add_argument(
+        "--depth-scale",
+        type=float,
+        default=1000.0,
+        help="--folder PNG units per metre (1000: ScanNet/Redwood mm, 5000: TUM)",
+    )
+    parser.add_argument(
+        "--intrinsics",
+        help="--folder intrinsics for every file: fx,fy,cx,cy or a file (JSON/TXT/NPY); "
+        "omit to read <stem>.json / <stem>.txt beside each depth map",
+    )
+    parser.add_argument(
+        "--procedural", type=int, default=0, help="number of procedural scenes"
+    )
+    parser.add_argument("--size", default="192,256", help="procedural image size H,W")
+    parser.add_argument("--seed", type=int, default=0, help="procedural scene stream")
+    parser.add_argument(
+        "-n",
+        dest="counts",
+        help="samples per dataset source, in the order scannet,kenburns,taskonomy,folder "
+        "of those given (one number: the same for each)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--shard", default="0/1", help="I/N: write only samples i with i %% N == I"
+    )
+    return parser
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard '{text}' is not I/N") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard '{text}' needs 0 <= I < N")
+    return index, count
+
+
+def _sources(args: argparse.Namespace) -> list[tuple[Any, int]]:
+    """``(source, sample count)`` in plan order; validates every input before writing."""
+    given = [name for name in DATASET_OPTIONS if getattr(args, name)]
+    counts: list[int] = []
+    if given:
+        if not args.counts:
+            raise UserError(f"-n is required with --{', --'.join(given)}")
+        try:
+            counts = [int(v) for v in args.counts.split(",")]
+        except ValueError:
+            raise UserError(
+                f"-n '{args.counts}' is not a comma-separated list"
+            ) from None
+        if len(counts) == 1:
+            counts = counts * len(given)
+        if len(counts) != len(given) or min(counts) < 1:
+            raise UserError(
+                f"-n '{args.counts}' needs {len(given)} positive counts, one for each of "
+                f"--{', --'.join(given)}"
+            )
+    elif args.counts:
+        raise UserError(
+            "-n counts samples of --scannet/--kenburns/--taskonomy/--folder"
+        )
+    if args.procedural < 0:
+        raise UserError("--procedural must be >= 0")
+    if not given and args.procedural == 0:
+        raise UserError("nothing to generate: give --procedural N or a dataset folder")
+    if args.intrinsics and not args.folder:
+        raise UserError("--intrinsics applies to --folder only")
+    result: list[tuple[Any, int]] = []
+    for name, count in zip(given, counts):
+        if name == "scannet":
+            source = ScanNetSource(args.scannet)
+        elif name == "kenburns":
+            source = KenBurnsSource(args.kenburns)
+        elif name == "taskonomy":
+            source = TaskonomySource(args.taskonomy)
+        else:
+            K = None
+            if args.intrinsics:
+                if Path(args.intrinsics).is_file():
+                    K = read_intrinsics_file(args.intrinsics)[0]
+                else:
+                    K = parse_intrinsics(args.intrinsics)
+            source = FolderSource(args.folder, args.depth_scale, K)
+        result.append((source, count))
+    if args.procedural:
+        height, width = parse_size(args.size, "--size")
+        source = ProceduralSource(args.procedural, args.seed, height, width)
+        result.append((source, args.procedural))
+    return result
+
+
+def make_plan(sources: list[tuple[Any, int]], settings: dict) -> dict[str, Any]:
+    """The sample list: each source's count spread evenly over its scenes."""
+    samples = []
+    for index, (source, count) in enumerate(sources):
+        scenes = source.scenes()
+        picks = spread_evenly([len(s) for s in scenes], count)
+        if len(picks) < count:
+            print(
+                f"{PROG}: {source.name} holds {len(picks)} frames; taking all of them"
+            )
+        for scene, frame in picks:
+            key = scenes[scene][frame]
+            samples.append(
+                {"source": index, "name": source.name, "scene": scene, "key": key}
+            )
+    return json.loads(json.dumps({"settings": settings, "samples": samples}))
+
+
+def _paths(out: Path, index: int) -> dict[str, Path]:
+    stem = f"{index:06d}"
+    return {
+        "depth": out / "depths" / f"{stem}.npz",
+        "K": out / "intrinsics" / f"{stem}.npy",
+        "rgb": out / "rgb" / f"{stem}.jpg",
+    }
+
+
+def _write_sample(out: Path, index: int, source: Any, key: Any) -> dict[str, int]:
+    frame = source.load(tuple(key) if isinstance(key, list) else key)
+    check_intrinsics_fit(frame.K, None, frame.depth.shape, frame.name)
+    depth, counts = clean_depth(frame.depth, frame.name)
+    paths = _paths(out, index)
+    if frame.rgb is not None:
+        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR))
+        if ok:
+            atomic_write(paths["rgb"], lambda f: f.write(jpg.tobytes()))
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(frame.K, np.float64))
+    atomic_write(paths["K"], lambda f: f.write(buffer.getvalue()))
+    invalid = np.array([counts["nan"], counts["inf"], counts["zero"]], np.int64)
+    # The depth file is written last: its presence marks a finished sample.
+    atomic_write(
+        paths["depth"],
+        lambda f: np.savez_compressed(f, depth=depth, invalid_counts=invalid),
+    )
+    return counts
+
+
+def _finished(out: Path, index: int) -> bool:
+    paths = _paths(out, index)
+    return paths["depth"].is_file() and paths["K"].is_file()
+
+
+def write_distributions(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """``focals.npy``, ``fovs.npy``, ``scales.npy``, ``histograms.png``, ``summary.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    total = len(plan["samples"])
+    focals, fovs, scales = np.zeros(total), np.zeros(total), np.zeros(total)
+    invalid = np.zeros(3, np.int64)
+    per_source: dict[str, int] = {}
+    for index, sample in enumerate(plan["samples"]):
+        paths = _paths(out, index)
+        K = np.load(paths["K"])
+        with np.load(paths["depth"]) as data:
+            depth = data["depth"]
+            invalid += data["invalid_counts"]
+        focals[index] = K[1, 1]
+        fovs[index] = focal_to_fov(K[1, 1], depth.shape[0])
+        scales[index] = float(depth.max())
+        per_source[sample["name"]] = per_source.get(sample["name"], 0) + 1
+    for name, values in (("focals", focals), ("fovs", fovs), ("scales", scales)):
+        buffer = io.BytesIO()
+        np.save(buffer, values)
+        atomic_write(out / f"{name}.npy", lambda f, b=buffer: f.write(b.getvalue()))
+    figure, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+    for axis, values, label in (
+        (axes[0], fovs, "vertical FOV (deg)"),
+        (axes[1], focals, "focal fy (px)"),
+        (axes[2], scales, "max depth (m)"),
+    ):
+        axis.hist(values, bins=30, color="tab:blue")
+        axis.set_xlabel(label)
+    axes[0].set_ylabel("samples")
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=80)
+    plt.close(figure)
+    atomic_write(out / "histograms.png", lambda f: f.write(png.getvalue()))
+    summary = {
+        "samples": total,
+        "per_source": per_source,
+        "invalid_pixels": dict(zip(("nan", "inf", "zero"), invalid.tolist())),
+        "fov_deg": {"min": float(fovs.min()), "max": float(fovs.max())},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of ``data_gen.py pointclouds`` (see module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from tqdm import tqdm
+
+        shard, shards = _parse_shard(args.shard)
+        sources = _sources(args)
+        settings = {
+            "sources": [[s.name, n] for s, n in sources],
+            "depth_scale": args.depth_scale,
+            "intrinsics": args.intrinsics,
+            "size": args.size if args.procedural else None,
+            "seed": args.seed if args.procedural else None,
+        }
+        plan = make_plan(sources, settings)
+        for sample in plan["samples"]:
+            key = sample["key"]
+            sources[sample["source"]][0].check(
+                tuple(key) if isinstance(key, list) else key
+            )
+        out = ensure_writable_dir(args.out)
+        plan_path = out / "plan.json"
+        if plan_path.is_file():
+            try:
+                existing = json.loads(plan_path.read_text())
+            except json.JSONDecodeError:
+                existing = None
+            if existing != plan:
+                raise UserError(
+                    f"'{plan_path}' holds another plan (other sources or settings); "
+                    "use another --out"
+                )
+        else:
+            atomic_write_text(plan_path, json.dumps(plan) + "\n")
+        todo = [
+            i
+            for i in range(shard, len(plan["samples"]), shards)
+            if not _finished(out, i)
+        ]
+        invalid = {"nan": 0, "inf": 0, "zero": 0}
+        touched = 0
+        for index in tqdm(todo, desc=PROG, dynamic_ncols=True):
+            sample = plan["samples"][index]
+            counts = _write_sample(
+                out, index, sources[sample["source"]][0], sample["key"]
+            )
+            touched += any(counts.values())
+            invalid = {k: invalid[k] + counts[k] for k in invalid}
+        print(
+            f"wrote {len(todo)} samples to {out} "
+            f"({len(plan['samples']) - len(todo)} already there)"
+        )
+        if touched:
+            print(
+                f"masked invalid depth pixels in {touched} of {len(todo)} samples: "
+                f"{describe_invalid(invalid)}"
+            )
+        if all(_finished(out, i) for i in range(len(plan["samples"]))):
+            summary = write_distributions(out, plan)
+            print(
+                f"distributions: {summary['samples']} samples, vertical FOV "
+                f"{summary['fov_deg']['min']:.1f}-{summary['fov_deg']['max']:.1f} deg; "
+                f"{out / 'histograms.png'}"
+            )
+        else:
+            print("other shards still have samples to write; distributions not yet")
+        return 0
+
+    return run_cli(run, PROG)

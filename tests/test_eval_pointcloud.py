@@ -1,0 +1,150 @@
+"""``evaluation.py pointcloud``: LeReS order, written clouds and scores, bad inputs."""
+
+import json
+
+import cv2
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+
+import data_gen
+import evaluation
+from evaluators.pointcloud import recover
+from geometry.camera import fov_to_focal, valid_depth_mask
+from models.pointcloud_nets import build_cloud_model
+from utils.io import atomic_torch_save
+
+TINY = {"name": "pointnet", "widths": [8, 16], "head": [8]}
+
+
+def constant_model(target: str, value: float):
+    """A regressor whose prediction is ``value`` whatever the cloud (head bias only)."""
+    model = build_cloud_model({**TINY, "target": target}).eval()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.fill_(value - (0.0 if target == "shift" else 1.0))
+    conf = {"model": model.conf, "loss": model.loss_conf, "data": {"num_points": 64}}
+    return model, conf
+
+
+def save(model_conf, path):
+    model, conf = model_conf
+    atomic_torch_save({"model": model.state_dict(), "config": conf}, path)
+    return str(path)
+
+
+def test_focal_then_shift_then_focal():
+    depth = np.random.default_rng(0).uniform(1, 5, (24, 32))
+    valid = valid_depth_mask(depth)
+    models = {
+        "focal": constant_model("focal", 2.0),
+        "shift": constant_model("shift", 0.1),
+    }
+    result = recover(
+        depth, valid, models, 60.0, np.random.default_rng(0), torch.device("cpu")
+    )
+    f0 = fov_to_focal(60.0, 24)
+    assert result["focal_init"] == pytest.approx(f0)
+    assert result["focal_first"] == pytest.approx(f0 / 2, rel=1e-5)
+    assert result["focal"] == pytest.approx(f0 / 4, rel=1e-5)
+    assert result["shift"] == pytest.approx(0.1, abs=1e-6)
+    np.testing.assert_allclose(
+        result["corrected"], result["normalised"] - 0.1, atol=1e-6
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pc")
+    assert data_gen.main(
+        ["pointclouds", "--procedural", "3", "--size", "24,32", "--seed", "5",
+         "--out", str(root / "test")]
+    ) == 0  # fmt: skip
+    focal = save(constant_model("focal", 1.1), root / "focal.pt")
+    shift = save(constant_model("shift", 0.05), root / "shift.pt")
+    return root, focal, shift
+
+
+def test_scores_and_clouds_of_a_generated_folder(setup, tmp_path, capsys):
+    root, focal, shift = setup
+    out = tmp_path / "eval"
+    code = evaluation.main(
+        ["pointcloud", "--focal-model", focal, "--shift-model", shift,
+         "--depth", str(root / "test"), "--distort-shift=-0.25,0.8", "--seed", "1",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("px (vertical FOV") == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["count"] == 3 and summary["distort_shift"] == [-0.25, 0.8]
+    rows = json.loads((out / "predictions.json").read_text())
+    for row in rows:  # constant models: baseline shift error = |true shift|
+        assert row["baseline_shift_error"] == pytest.approx(abs(row["true_shift"]))
+        assert row["shift_error"] == pytest.approx(abs(0.05 - row["true_shift"]))
+        assert row["focal"] == pytest.approx(fov_to_focal(60, 24) / 1.1**2, rel=1e-4)
+        assert -0.25 <= row["true_shift"] <= 0.8
+    medians = np.median([r["fov_error"] for r in rows])
+    assert summary["model"]["median FOV error (deg)"] == pytest.approx(medians)
+    assert "| median shift error |" in (out / "results.md").read_text()
+    assert cv2.imread(str(out / "error_cdf.png")) is not None
+    cloud = o3d.io.read_point_cloud(str(out / "clouds" / "000000.ply"))
+    assert len(cloud.points) == 24 * 32 and cloud.has_colors()
+
+
+def test_single_png_with_intrinsics_and_rgb(setup, tmp_path, capsys):
+    _, focal, shift = setup
+    depth = np.full((24, 32), 3000, np.uint16)
+    depth[:, 16:] = 1500
+    depth[0, 0] = 0
+    cv2.imwrite(str(tmp_path / "d.png"), depth)
+    cv2.imwrite(str(tmp_path / "d.jpg"), np.full((48, 64, 3), 200, np.uint8))
+    out = tmp_path / "eval"
+    code = evaluation.main(
+        ["pointcloud", "--focal-model", focal, "--shift-model", shift,
+         "--depth", str(tmp_path / "d.png"), "--rgb", str(tmp_path / "d.jpg"),
+         "--intrinsics", "30,30,15.5,11.5", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    assert "zero or negative 1" in capsys.readouterr().out
+    cloud = o3d.io.read_point_cloud(str(out / "clouds" / "d.ply"))
+    assert len(cloud.points) == 24 * 32 - 1
+    assert np.allclose(np.asarray(cloud.colors), 200 / 255, atol=0.02)
+
+
+@pytest.mark.parametrize(
+    "case", ["size", "model_target", "missing", "nan", "range", "draws"]
+)
+def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, case):
+    root, focal, shift = setup
+    depth_path = tmp_path / "d.npy"
+    depth = np.full((24, 32), 2.0, np.float32)
+    args = ["--intrinsics", "30,30,15.5,11.5"]
+    if case == "size":
+        args = ["--intrinsics", "300,300,319.5,239.5"]
+        message = "lies outside it: intrinsics of another image size?"
+    elif case == "model_target":
+        focal = shift
+        message = "--focal-model '" + shift + "' predicts 'shift', not 'focal'"
+    elif case == "missing":
+        focal = str(tmp_path / "none.pt")
+        message = "none.pt' not found"
+    elif case == "nan":
+        depth[:] = np.nan
+        message = "has 0 valid pixels of 768 (NaN 768"
+    elif case == "range":
+        args += ["--distort-shift", "0.5"]
+        message = "--distort-shift '0.5' is not LO,HI"
+    else:
+        args += ["--draws", "0"]
+        message = "--draws must be >= 1, got 0"
+    np.save(depth_path, depth)
+    out = tmp_path / "eval"
+    code = evaluation.main(
+        ["pointcloud", "--focal-model", focal, "--shift-model", shift,
+         "--depth", str(depth_path), "--out", str(out), *args]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not out.exists()
