@@ -44,6 +44,7 @@ from pipelines.extraction import (
     extract_to_files,
     extract_to_h5,
 )
+from utils.arguments import ArgumentParser
 from utils.config import parse_key_values
 from utils.errors import UserError, run_cli
 
@@ -75,13 +76,12 @@ def track(args: argparse.Namespace, conf: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="extract.py",
         description=(
             "Extract keypoints, scores and descriptors into <image>.<tag> npz files "
             "(or one HDF5 file)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--model", required=True, help="sift, orb, or a local checkpoint path"

@@ -17,15 +17,15 @@ from typing import Any
 from engine.distributed import cleanup_distributed, init_distributed
 from engine.state import latest_checkpoint, seed_everything
 from engine.trainer import Trainer
+from utils.arguments import ArgumentParser
 from utils.config import load_config
 from utils.errors import UserError, run_cli
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Overrides use dotted keys, e.g. train.lr=1e-4 data.image_size=[120,160]. "
         "Run folder: <logdir>/<exp> (config.yaml, TensorBoard events, checkpoints/).",
     )

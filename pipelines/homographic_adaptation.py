@@ -46,6 +46,7 @@ from geometry.homography import (
     warp_images,
 )
 from geometry.keypoints import extract_keypoints
+from utils.arguments import ArgumentParser
 from utils.errors import UserError
 
 AGGREGATIONS = ("sum", "mean", "max")
@@ -345,7 +346,6 @@ def _overlay(image: np.ndarray, points: torch.Tensor, prob: torch.Tensor) -> np.
 
 def export_main(argv: list[str] | None = None) -> int:
     """``export.py homography_adaptation``: HA labels for a folder of images."""
-    import argparse
     import os
     import sys
     import time
@@ -355,12 +355,11 @@ def export_main(argv: list[str] | None = None) -> int:
     from utils.config import load_config, save_config
     from utils.errors import run_cli
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="export.py homography_adaptation",
         description="Homographic adaptation: aggregate a detector over N homographies "
         "per image and write <out>/<image name>.npz (points (N, 2) x, y; scores; "
         "image_size). Finished images are skipped on re-runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Sections: data (datasets.image_folder), model, export (defaults: "
         + ", ".join(
             f"{k}={v}" for k, v in EXPORT_DEFAULTS.items() if k != "homographies"

@@ -18,7 +18,6 @@ Entry points: :func:`run_tracking` (for ``extract.py --video ... --track``) and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -306,20 +306,28 @@ def run_tracking(
 
 def track_main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m pipelines.tracking --video FILE|DIR --model M --out OUT``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m pipelines.tracking",
         description="Track keypoints through a video (two-way NN descriptor matching) "
         "and write annotated frames or a video plus track statistics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--video", required=True, help="video file or frames folder")
     parser.add_argument("--model", required=True, help="checkpoint path, sift or orb")
     parser.add_argument("--out", required=True, help="output folder or .mp4/.avi file")
-    parser.add_argument("--nn-thresh", type=float, default=0.7)
-    parser.add_argument("--max-length", type=int, default=5)
+    parser.add_argument(
+        "--nn-thresh",
+        type=float,
+        default=0.7,
+        help="largest descriptor distance of a two-way match",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=5, help="positions drawn per track"
+    )
     parser.add_argument("--max-frames", type=int, default=0, help="0: all frames")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    parser.add_argument(
+        "--fps", type=float, default=15.0, help="frame rate of a video output"
+    )
     parser.add_argument(
         "--conf",
         nargs="*",

@@ -4,7 +4,6 @@ keypoints, to check the data by eye.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from datasets.synthetic_shapes.dataset import SyntheticShapes
 from datasets.synthetic_shapes.raster import SPLITS, Array
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
@@ -63,20 +63,35 @@ def render_grid(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.synthetic_shapes --show``: write a PNG grid of samples."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.synthetic_shapes",
         description="Show Synthetic Shapes samples (one row per primitive).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
-    parser.add_argument("--out", type=Path, default=Path("synthetic_shapes.png"))
-    parser.add_argument("--split", default="val", choices=SPLITS)
-    parser.add_argument("--per-primitive", type=int, default=4)
     parser.add_argument(
-        "--size", nargs=2, type=int, default=[120, 160], metavar=("H", "W")
+        "--out",
+        type=Path,
+        default=Path("synthetic_shapes.png"),
+        help="PNG file of the grid",
+    )
+    parser.add_argument(
+        "--split", default="val", choices=SPLITS, help="split drawn from"
+    )
+    parser.add_argument(
+        "--per-primitive", type=int, default=4, help="samples per row (primitive)"
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=[120, 160],
+        metavar=("H", "W"),
+        help="image height and width in pixels",
     )
     parser.add_argument("--augment", action="store_true", help="enable augmentation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the dataset"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

@@ -43,6 +43,7 @@ from evaluators.hpatches.outputs import (
 from evaluators.hpatches.presets import PRESETS, Preset, apply_overrides
 from evaluators.hpatches.scoring import failed_pair, score_pair
 from evaluators.hpatches.summary import summarize
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
@@ -303,17 +304,21 @@ def _write_outputs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="evaluation.py hpatches",
         description="Evaluate local features on HPatches with a named protocol preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--data",
         default="data/hpatches_demo",
         help="hpatches-sequences-release folder (or its parent), or a demo set",
     )
-    parser.add_argument("--preset", default="superpoint", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset",
+        default="superpoint",
+        choices=sorted(PRESETS),
+        help="evaluation protocol (--list-presets describes them)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--features", default=None, help="tag of cached feature files")
     source.add_argument(
