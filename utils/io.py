@@ -10,6 +10,7 @@ the private ``0o600`` of the temporary file. Checkpoints are read with ``weights
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -87,6 +88,28 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def atomic_savez(path: str | Path, **arrays: np.ndarray) -> None:
     """``np.savez`` (uncompressed) to exactly ``path``, atomically."""
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's content, computed once per process for an unchanged file.
+
+    The cache is keyed by (absolute path, size, modification time), so a weights file is
+    hashed once per run however many images are extracted with it, and a file rewritten
+    in place is hashed again.
+    """
+    path = Path(path)
+    info = path.stat()
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]
 
 
 def load_checkpoint(path: str | Path) -> Any:
