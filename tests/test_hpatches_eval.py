@@ -25,6 +25,7 @@ from evaluators.hpatches import (
     read_d2net_cache,
 )
 from evaluators.hpatches import main as eval_main
+from evaluators.hpatches.outputs import markdown_table
 from geometry.homography import points_inside, warp_points
 from utils.errors import UserError
 
@@ -241,6 +242,11 @@ def test_compare_appears_in_table_and_plot(demo, tmp_path):
 def test_overrides_rename_preset():
     p = apply_overrides(PRESETS["superpoint"], ["labels=ransac", "top_k=500"])
     assert p.name == "superpoint[labels=ransac,top_k=500]" and p.top_k == 500
+    # The header of every table describes the preset as run, not as published.
+    assert p.description == "all sequences, gray 240x320, top 500, conf 0.015, NMS 4"
+    assert "top 500" in markdown_table(p, []).splitlines()[0]
+    nms = apply_overrides(PRESETS["superpoint"], ['extractor_conf={"nms_radius": 2}'])
+    assert nms.description.endswith("top 1000, NMS 2")
     with pytest.raises(UserError, match="did you mean top_k"):
         apply_overrides(PRESETS["superpoint"], ["topk=3"])
 

@@ -47,18 +47,33 @@ def render_grid(
             cv2.rectangle(tile, (0, 0), (w * scale - 1, h * scale - 1), (80, 80, 80), 1)
             tiles.append(tile)
         row = np.concatenate(tiles, 1)
-        cv2.putText(
-            row,
-            sample["primitive"],
-            (4, 14),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (0, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        draw_label(row, sample["primitive"])
         rows.append(row)
     return np.concatenate(rows, 0)
+
+
+def draw_label(image: Array, text: str, origin: tuple[int, int] = (2, 2)) -> None:
+    """Write ``text`` in place at the top-left of a BGR ``(H, W, 3)`` uint8 image.
+
+    The text sits on a black strip, so it reads on any background (the backgrounds of
+    Synthetic Shapes run from black to white).
+    """
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    (width, height), baseline = cv2.getTextSize(text, font, scale, thickness)
+    x, y = origin
+    cv2.rectangle(
+        image, (x, y), (x + width + 4, y + height + baseline + 3), (0, 0, 0), -1
+    )
+    cv2.putText(
+        image,
+        text,
+        (x + 2, y + height + 2),
+        font,
+        scale,
+        (0, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
