@@ -361,7 +361,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise UserError(
             "nothing to evaluate: give --checkpoint CKPT and/or --methods ..."
         )
-    out_dir = ensure_writable_dir(args.out)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     entries: list[tuple[str, Any, dict]] = []
@@ -392,6 +391,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if entries and not args.image_size:
         base = {"image_size": entries[0][2].get("image_size", [120, 160])}
     entries += [(m, None, base) for m in args.methods]
+    # Created once every input has been read, so bad input leaves no folder behind.
+    out_dir = ensure_writable_dir(args.out)
 
     results: dict[str, Any] = {
         "protocol": {

@@ -175,7 +175,14 @@ def convert_state_dict(
     """
     fmt = detect_format(obj, source)
     if fmt == "engine":
-        return fmt, dict(obj["model"]), dict(obj["config"]["model"])
+        config = obj["config"]
+        model_conf = config.get("model") if isinstance(config, Mapping) else None
+        if not isinstance(obj["model"], Mapping) or not isinstance(model_conf, Mapping):
+            raise UserError(
+                f"'{source}': a train_*.py checkpoint needs a 'model' state dict and a "
+                "'config' with a 'model' section"
+            )
+        return fmt, dict(obj["model"]), dict(model_conf)
     if fmt == "pytorch_superpoint":
         inner = obj["model_state_dict"]
         if not isinstance(inner, Mapping):

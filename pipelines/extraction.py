@@ -239,7 +239,10 @@ def extract_to_files(
         raise _refuse_stale(stale[0][0], stale[0][1], len(stale))
     report.stale = len(stale)
     for image, output in tqdm(
-        todo, desc=f"extract {extractor.tag}", disable=not progress
+        todo,
+        desc=f"extract {extractor.tag}",
+        disable=not progress,
+        leave=False,
     ):
         feats = _extract_or_skip(extractor, image, resize, top_k, skip_bad, report)
         if feats is None:
@@ -290,7 +293,10 @@ def extract_to_h5(
     try:
         with h5py.File(tmp, "a") as h5:
             for path, name in tqdm(
-                images, desc=f"extract {extractor.tag}", disable=not progress
+                images,
+                desc=f"extract {extractor.tag}",
+                disable=not progress,
+                leave=False,
             ):
                 if name in h5 and not overwrite:
                     stored = _group_record(h5[name])

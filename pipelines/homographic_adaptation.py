@@ -407,7 +407,6 @@ def export_main(argv: list[str] | None = None) -> int:
         ex = conf["export"]
         _check_aggregation(ex["aggregation"])
         homography_config(ex["homographies"])
-        out = ensure_writable_dir(args.out)
         shard, shards = parse_shard(args.shard)
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -432,6 +431,9 @@ def export_main(argv: list[str] | None = None) -> int:
             model = build_model(conf["model"])
         model = model.to(device)
         detector = model_detector(model, precision, ex["channels_last"])
+        # Created once the images and the weights have been read: bad input leaves no
+        # folder behind.
+        out = ensure_writable_dir(args.out)
         if rank == 0:
             save_config(conf, out / "export_config.yaml")
         size = tuple(int(v) for v in conf["data"]["image_size"])

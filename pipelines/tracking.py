@@ -18,6 +18,7 @@ Entry points: :func:`run_tracking` (for ``extract.py --video ... --track``) and
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -240,6 +241,11 @@ def run_tracking(
 
     out = Path(out)
     as_video = out.suffix.lower() in VIDEO_EXTENSIONS
+    grayscale = bool(getattr(extractor, "grayscale", True))
+    # The first frame is read before anything is created: a missing, empty or corrupt
+    # source leaves no output folder behind.
+    frames = read_frames(source, grayscale, max_frames)
+    first = next(frames)
     folder = ensure_writable_dir(out.parent if as_video else out)
     stats_path = (
         folder / f"{out.stem}_track_stats.json"
@@ -247,12 +253,15 @@ def run_tracking(
         else out / "track_stats.json"
     )
     tracker = PointTracker(nn_thresh, max_length)
-    grayscale = bool(getattr(extractor, "grayscale", True))
     writer = None
     tmp_video = None
     try:
-        frames = read_frames(source, grayscale, max_frames)
-        for name, image in tqdm(frames, desc="tracking", disable=not progress):
+        for name, image in tqdm(
+            itertools.chain([first], frames),
+            desc="tracking",
+            disable=not progress,
+            leave=False,
+        ):
             feats = extractor(image)
             if feats.get("descriptors") is None:
                 raise UserError("tracking needs descriptors; the extractor has none")

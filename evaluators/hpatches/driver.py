@@ -205,7 +205,7 @@ def evaluate(
         else set()
     )
     for s_idx, name in enumerate(
-        tqdm(names, desc=f"score {preset.name}", disable=not progress)
+        tqdm(names, desc=f"score {preset.name}", disable=not progress, leave=False)
     ):
         # Images and homographies are checked pair by pair, so a bad file fails only
         # the pairs that need it (all five when it is image 1 or its features).
