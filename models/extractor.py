@@ -255,6 +255,11 @@ class ModelExtractor:
         # Hashed once per extractor, i.e. once per run, not per image.
         self.identity = {"id": f"sha256:{file_sha256(path)}", "weights": str(path)}
         self.options = dict(sorted((conf or {}).items()))
+        if "precision" in self.options:
+            # "auto" is recorded as what it chose here (bf16 where native, else fp32).
+            self.options["precision"] = _resolved_precision(self.model) or str(
+                self.options["precision"]
+            )
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
@@ -283,6 +288,22 @@ class ModelExtractor:
                 desc if desc.ndim == 2 else desc.reshape(len(keypoints), -1)
             )
         return feats
+
+
+def _resolved_precision(model: Any) -> str | None:
+    """The precision an extractor runs at, after ``auto``; None if it does not say."""
+    precision = getattr(model, "precision", None)
+    if isinstance(precision, str):
+        return precision
+    conf = getattr(model, "conf", None)
+    if isinstance(conf, dict) and "autocast" in conf:  # R2D2Extractor
+        if conf.get("int8"):
+            return "int8"
+        mode = conf.get("autocast")
+        return (
+            "fp16" if mode == "fp16" else "bf16" if mode in (True, "bf16") else "fp32"
+        )
+    return None
 
 
 def build_extractor(
