@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--model",
         default=None,
-        help="sift, orb or a checkpoint: extract (skipping finished files), then score",
+        help="sift, orb or a checkpoint: extract (reusing files whose provenance record "
+        "matches), then score",
     )
     parser.add_argument(
         "--tag",
