@@ -3,8 +3,9 @@
 Commands are discovered, not listed, so a command added later is covered without editing the
 tests: the top-level scripts (``*.py`` in the repository root with a ``main``), every
 sub-command registered in the ``COMMANDS`` table of ``evaluation.py``, ``export.py`` and
-``data_gen.py`` (and of any other top-level script that has one), and every module that runs
-as ``python -m`` (a ``__main__`` guard or a package ``__main__.py``).
+``data_gen.py`` (and of any other top-level script that has one), every module that runs
+as ``python -m`` (a ``__main__`` guard or a package ``__main__.py``) and the Python scripts
+of ``scripts/``.
 
 A command is an argv prefix: ``("train_superpoint.py",)``, ``("evaluation.py", "hpatches")``
 or ``("-m", "models.weights")``; :func:`run_command` runs it in this process, as the shell
@@ -72,6 +73,15 @@ def module_entry_points() -> list[str]:
     return sorted(names)
 
 
+def helper_scripts() -> list[str]:
+    """``scripts/*.py`` run as ``python scripts/NAME.py`` (those with a ``__main__`` guard)."""
+    return sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "scripts").glob("*.py")
+        if "__name__ == " in p.read_text()
+    )
+
+
 def readme_module_mentions() -> list[str]:
     """Every ``python -m NAME`` of the README (``pytest`` aside)."""
     text = (ROOT / "README.md").read_text()
@@ -84,6 +94,7 @@ def all_commands() -> list[tuple[str, ...]]:
     commands: list[tuple[str, ...]] = [(s,) for s in top_level_scripts()]
     commands += sub_commands()
     commands += [("-m", name) for name in module_entry_points()]
+    commands += [(path,) for path in helper_scripts()]
     return commands
 
 

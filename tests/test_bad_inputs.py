@@ -99,6 +99,8 @@ def specific_cases() -> list[Case]:
     onnx = ("export.py", "onnx")
     demo = ("data_gen.py", "hpatches_demo")
     gen = ("data_gen.py", "synthetic_shapes")
+    pointcloud = ("evaluation.py", "pointcloud")
+    clouds = ("data_gen.py", "pointclouds")
     hp = ("--preset", "d2net", "--out", "{out}/eval", "--num-match-plots", "0")
     hp_sift = ("--model", "sift", *hp)
     ha_args = ("configs/magicpoint_coco_export.yaml", "--out", "{out}/ha")
@@ -323,6 +325,38 @@ def specific_cases() -> list[Case]:
             "wrong config type",
             ("--out", "{out}/shapes", "--split-sizes", "train=many"),
             "train=many",
+        ),
+        Case(
+            pointcloud,
+            "missing file",
+            ("--focal-model", "{in}/nope.pt", "--shift-model", "{in}/nope.pt")
+            + ("--depth", "{in}/empty", "--out", "{out}/pc"),
+            "nope.pt' not found",
+        ),
+        Case(
+            pointcloud,
+            "truncated checkpoint",
+            ("--focal-model", "{in}/truncated.pt", "--shift-model", "{in}/truncated.pt")
+            + ("--depth", "{in}/empty", "--out", "{out}/pc"),
+            f"truncated.pt: {CORRUPT}",
+        ),
+        Case(
+            clouds,
+            "empty folder",
+            ("--folder", "{in}/empty", "-n", "2", "--out", "{out}/clouds"),
+            "holds no depth file",
+        ),
+        Case(
+            clouds,
+            "missing file",
+            ("--folder", "{in}/nope", "-n", "2", "--out", "{out}/clouds"),
+            "nope' is not a folder",
+        ),
+        Case(
+            clouds,
+            "wrong config type",
+            ("--procedural", "1", "--size", "big", "--out", "{out}/clouds"),
+            "--size 'big' is not H,W",
         ),
         Case(
             ("-m", "models.weights"),
