@@ -7,10 +7,10 @@ python export.py onnx --checkpoint pretrained/superpoint_v1.pth --out superpoint
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from utils.arguments import ArgumentParser
 from utils.dispatch import dispatch
 from utils.errors import UserError, run_cli
 
@@ -27,12 +27,11 @@ COMMANDS = {
 
 
 def onnx_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="export.py onnx",
         description="Export a SuperPoint/MagicPoint checkpoint (engine or foreign "
         "weights) to ONNX: input 'image' (B, 1, H, W) in [0, 1], outputs 'heatmap' "
         "(B, H, W) and 'descriptors' (B, D, H/8, W/8).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="weights file")
     parser.add_argument("--out", required=True, help="output .onnx file")

@@ -14,12 +14,19 @@ layout of the D2-Net/R2D2 evaluation scripts:
   (N, 32) as OpenCV returns them; :mod:`geometry.matching` compares them by Hamming
   distance;
 - ``imsize``: (2,) int (width, height) of the processed image; ``original_imsize`` the
-  same for the file on disk.
+  same for the file on disk;
+- ``provenance``: a JSON record of where the features came from (the weights file's
+  SHA-256 or ``sift``/``orb`` with the OpenCV version, the options, the preprocessing and
+  the image size; see ``datasets.features``).
 
-Finished outputs are skipped (``--overwrite`` to redo them) and every file is written to
-a temporary name, then renamed. ``--h5 FILE`` writes one HDF5 file instead (the hloc
-layout: one group per image, named by its path relative to the input folder, holding
-``keypoints``, ``descriptors``, ``scores`` and ``image_size``).
+An existing output is reused only when its record matches this run; otherwise it is
+re-extracted and counted as stale (``--no-overwrite`` refuses instead, naming the first
+stale file; ``--overwrite`` redoes everything). The default tag names the run of a
+checkpoint (``logs/<run>/checkpoints/best.pt`` gives ``<run>-best``) plus the settings.
+Every file is written to a temporary name, then renamed. ``--h5 FILE`` writes one HDF5
+file instead (the hloc layout: one group per image, named by its path relative to the
+input folder, holding ``keypoints``, ``descriptors``, ``scores`` and ``image_size``, and
+the record in the group's ``provenance`` attribute).
 
 Models: ``sift`` and ``orb`` (OpenCV) or a local checkpoint path handed to
 ``models.load_extractor``: MagicPoint/SuperPoint (ours or foreign weights) and R2D2
@@ -44,6 +51,7 @@ from pipelines.extraction import (
     extract_to_files,
     extract_to_h5,
 )
+from utils.arguments import ArgumentParser
 from utils.config import parse_key_values
 from utils.errors import UserError, run_cli
 
@@ -75,13 +83,12 @@ def track(args: argparse.Namespace, conf: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="extract.py",
         description=(
             "Extract keypoints, scores and descriptors into <image>.<tag> npz files "
             "(or one HDF5 file)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--model", required=True, help="sift, orb, or a local checkpoint path"
@@ -120,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="tracking: stop after N frames (0: all)",
     )
     parser.add_argument(
-        "--tag", default=None, help="output extension (default: model + settings)"
+        "--tag",
+        default=None,
+        help="output extension (default: the model, naming a checkpoint's run, e.g. "
+        "<run>-best, and the settings, e.g. -k1000)",
     )
     parser.add_argument(
         "--out-dir",
@@ -146,7 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--h5", default=None, help="write one HDF5 file instead")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    parser.add_argument("--overwrite", action="store_true", help="redo finished ones")
+    redo = parser.add_mutually_exclusive_group()
+    redo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-extract every image, even up-to-date",
+    )
+    redo.add_argument(
+        "--no-overwrite",
+        action="store_true",
+        help="refuse to replace an existing output written by another model or with "
+        "other settings (default: re-extract it and report it as stale)",
+    )
     parser.add_argument(
         "--skip-bad", action="store_true", help="warn and go on when an image is bad"
     )
@@ -187,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.top_k,
                 args.overwrite,
                 args.skip_bad,
+                no_overwrite=args.no_overwrite,
             )
         else:
             out_dir = Path(args.out_dir) if args.out_dir else None
@@ -206,11 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.top_k,
                 args.overwrite,
                 args.skip_bad,
+                no_overwrite=args.no_overwrite,
             )
-        print(
-            f"{tag}: {report.written} written, {report.skipped} already done, "
-            f"{report.failed} failed"
-        )
+        print(f"{tag}: {report.summary()}")
         return 0
 
     return run_cli(run, "extract.py")

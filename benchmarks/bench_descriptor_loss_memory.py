@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from utils.arguments import ArgumentParser  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -93,17 +95,23 @@ def measure(batch: int, dim: int, shape: tuple[int, int], chunk: int, device: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--size", type=int, nargs=2, default=[240, 320])
+    parser.add_argument("--batch", type=int, default=32, help="images per batch")
+    parser.add_argument("--dim", type=int, default=256, help="descriptor size")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[240, 320],
+        metavar=("H", "W"),
+        help="image height and width",
+    )
     parser.add_argument(
         "--chunks", type=int, nargs="+", default=[4, 32], help="chunk sizes to test"
     )
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda[:i]")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

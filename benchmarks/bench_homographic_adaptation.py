@@ -23,7 +23,6 @@ fp32 labels (threshold 0.015, NMS 4) they reproduce within 1 px, on the last ima
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from pipelines.homographic_adaptation import (  # noqa: E402
     model_detector,
     sample_homographies,
 )
+from utils.arguments import ArgumentParser  # noqa: E402
 
 SHAPE = (240, 320)
 
@@ -63,9 +63,8 @@ def photos(count: int) -> list[torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--images", type=int, default=2, help="images per variant")
     parser.add_argument("--num", type=int, default=100, help="homographies per image")

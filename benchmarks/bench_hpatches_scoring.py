@@ -12,7 +12,6 @@ and the per-sequence plot). Target: under 30 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets.features import write_features  # noqa: E402
 from evaluators.hpatches import PRESETS, evaluate  # noqa: E402
 from geometry.homography import points_inside, sample_homography, warp_points  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 
 SHAPE = (240, 320)
 
@@ -71,11 +71,12 @@ def build_dataset(root: Path, num_keypoints: int, dim: int, seed: int = 0) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--num-keypoints", type=int, default=1000)
+    parser.add_argument(
+        "--num-keypoints", type=int, default=1000, help="keypoints per image"
+    )
     parser.add_argument("--dim", type=int, default=256, help="descriptor size")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--workdir", default=None, help="keep the data here")

@@ -16,7 +16,6 @@ says so).
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -30,6 +29,7 @@ from engine.state import seed_everything
 from engine.trainer import Trainer
 from losses.detector import detector_loss
 from models import build_model
+from utils.arguments import ArgumentParser
 from utils.config import load_config
 
 WIDTHS = {
@@ -127,8 +127,12 @@ def engine_run(
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    """Print the throughput tables (see the module docstring)."""
+    parser = ArgumentParser(
+        prog="python -m benchmarks.bench_magicpoint_training",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument(
         "--steps", type=int, default=10, help="timed compute-only steps"
@@ -143,7 +147,11 @@ def main() -> None:
         choices=sorted(WIDTHS),
         help="network widths (encoder channels 64-64-128-128 x 1, 3/4, 1/2, 1/4)",
     )
-    parser.add_argument("--config", default="configs/magicpoint_shapes_cpu.yaml")
+    parser.add_argument(
+        "--config",
+        default="configs/magicpoint_shapes_cpu.yaml",
+        help="config whose data section the real-engine runs use",
+    )
     parser.add_argument(
         "--skip-engine", action="store_true", help="part 1 (compute only) only"
     )
@@ -155,7 +163,7 @@ def main() -> None:
         action="store_true",
         help="also run the engine with train.compile (slow to start)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print_header(
         f"MagicPoint training, 120x160, batch {args.batch_size} "
         "(images/s; ratios against plain eager fp32 measured in this run)"

@@ -18,7 +18,6 @@ amx flags), then:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import statistics
@@ -41,6 +40,7 @@ from datasets.procedural_scenes import (  # noqa: E402
 )
 from engine.devices import cpu_line  # noqa: E402
 from models.pointcloud_nets import build_cloud_model  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 
 # The demo's networks (configs/pointcloud_*.yaml) and the voxel network's defaults.
 NETWORKS = {
@@ -189,9 +189,8 @@ def data_rates(repeats: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--batch-size", type=int, default=32, help="clouds per batch")
     parser.add_argument("--points", type=int, default=512, help="points per cloud")

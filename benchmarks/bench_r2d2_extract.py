@@ -30,7 +30,6 @@ Run from the repository root: ``python -m benchmarks.bench_r2d2_extract [--repea
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -48,6 +47,7 @@ from benchmarks.common import native_precisions
 from engine.devices import cpu_line
 from models.r2d2 import R2D2Extractor
 from models.r2d2_net import R2D2Net, load_r2d2_checkpoint
+from utils.arguments import ArgumentParser
 from utils.errors import run_cli
 
 
@@ -178,10 +178,9 @@ def timed(fn, repeats: int) -> tuple[list[float], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="benchmarks/bench_r2d2_extract.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--weights", help="NAVER checkpoint (default: calibrated random)"

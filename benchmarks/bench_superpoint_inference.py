@@ -27,7 +27,6 @@ keypoints with a keypoint of the path within 1 px, and the reverse (target >= 95
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from models.weights import (  # noqa: E402
     load_model,
     reference_frontend,
 )
+from utils.arguments import ArgumentParser  # noqa: E402
 
 SHAPE = (480, 640)
 
@@ -119,9 +119,9 @@ def onnx_dense(model: SuperPoint, threads: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog="python benchmarks/bench_superpoint_inference.py",
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per path")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")

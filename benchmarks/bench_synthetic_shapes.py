@@ -16,7 +16,6 @@ thread per process.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import sys
 import time
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import synthetic_shapes as S  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 
 REFERENCE_SIZE = (960, 1280)
 OUTPUT_SIZE = (240, 320)
@@ -107,14 +107,15 @@ def parallel(pool, count: int, workers: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--images", type=int, default=270, help="images for (a), (b)")
     parser.add_argument("--baseline-images", type=int, default=18, help="for (c)")
     parser.add_argument("--large", type=int, default=2000, help="2-worker batch size")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes of the parallel run"
+    )
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     ours(0, len(S.PRIMITIVES))  # warm-up (imports, first-call costs)

@@ -22,7 +22,6 @@ this script working on machines without a GPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -330,7 +329,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Run the checks and write the report (see the module docstring)."""
+    sys.path.insert(0, str(ROOT))
+    from utils.arguments import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m benchmarks.gpu_check",
         description=__doc__.split("\n")[0],
     )
@@ -365,7 +368,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     os.chdir(ROOT)
-    sys.path.insert(0, str(ROOT))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from engine.devices import cpu_line

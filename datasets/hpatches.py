@@ -23,7 +23,6 @@ pairs to check the data by eye.
 
 from __future__ import annotations
 
-import argparse
 import re
 import struct
 import sys
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from geometry.homography import scale_homography
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 EXCLUDED_SEQUENCES: tuple[str, ...] = (
@@ -452,18 +452,24 @@ def show_pairs(dataset: HPatchesPairs, out: Path, num: int = 6) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.hpatches --root DIR --show``: draw a grid of pairs."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.hpatches",
         description="Inspect an HPatches-format folder (pairs with the image-1 outline).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--root", required=True, help="release folder or its parent")
     parser.add_argument("--resize", default="none", help="none | HxW | shortN | maxN")
-    parser.add_argument("--split", default="all", choices=["all", "i", "v"])
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "i", "v"],
+        help="all sequences, illumination (i) or viewpoint (v) only",
+    )
     parser.add_argument("--exclude", action="store_true", help="drop the 8 sequences")
     parser.add_argument("--show", action="store_true", help="write a grid of pairs")
     parser.add_argument("--num", type=int, default=6, help="pairs in the grid")
-    parser.add_argument("--out", default="outputs/hpatches_samples.png")
+    parser.add_argument(
+        "--out", default="outputs/hpatches_samples.png", help="PNG file of the grid"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

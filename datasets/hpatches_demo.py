@@ -17,7 +17,6 @@ release layout (``<seq>/1.ppm ... 6.ppm`` and ``H_1_2 ... H_1_6``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from datasets.hpatches import IMAGE_EXTENSIONS, read_image
 from geometry.homography import HomographyConfig, sample_homography, warp_image
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 PATCH_RATIO = 0.7
@@ -292,13 +292,12 @@ def generate(
 
 def main(argv: list[str] | None = None) -> int:
     """``data_gen.py hpatches_demo``: write demo sequences in the HPatches layout."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="data_gen.py hpatches_demo",
         description=(
             "Write HPatches-format sequences from photographs: v_* by known random "
             "homographies, i_* by photometric changes with identity homographies."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--images",

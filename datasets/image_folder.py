@@ -25,7 +25,6 @@ grid of samples.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import sys
@@ -43,6 +42,7 @@ from datasets.hpatches import IMAGE_EXTENSIONS, read_image
 from geometry.homography import (
     HOMOGRAPHY_PRESETS,
 )
+from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 
@@ -344,18 +344,26 @@ def sample_grid(dataset: Dataset, count: int = 8, columns: int = 4) -> Array:
 
 def show_main(dataset_cls: type, argv: list[str] | None, prog: str) -> int:
     """``--show``: write a PNG grid of samples of ``dataset_cls`` (shared by pair data)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=f"Show samples of {dataset_cls.__name__}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
     parser.add_argument("--root", default="builtin", help="image folder or builtin")
-    parser.add_argument("--layout", default="folder", choices=LAYOUTS)
+    parser.add_argument(
+        "--layout", default="folder", choices=LAYOUTS, help="how --root is organised"
+    )
     parser.add_argument("--labels", default=None, help="HA labels folder")
-    parser.add_argument("--split", default="train", choices=SPLITS)
-    parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path(f"{prog.split('.')[-1]}.png"))
+    parser.add_argument(
+        "--split", default="train", choices=SPLITS, help="split drawn from"
+    )
+    parser.add_argument("--count", type=int, default=8, help="samples in the grid")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(f"{prog.split('.')[-1]}.png"),
+        help="PNG file of the grid",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

@@ -25,7 +25,6 @@ corrected normalised depth). Each sample is a pure function of ``(seed, epoch, i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from geometry.camera import (
     unproject,
     valid_depth_mask,
 )
+from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 
@@ -323,10 +323,9 @@ def cloud_panels(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.pointcloud --show``: a PNG grid of distorted training clouds."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.pointcloud",
         description="Draw distorted training clouds (top and side views) with targets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
     parser.add_argument(

@@ -46,6 +46,7 @@ from datasets.depth_sources import (
 )
 from datasets.procedural_scenes import parse_size
 from geometry.camera import focal_to_fov
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, atomic_write_text, ensure_writable_dir
 
@@ -54,11 +55,10 @@ DATASET_OPTIONS = ("scannet", "kenburns", "taskonomy", "folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Write depth maps with exact intrinsics (depths/, intrinsics/) and "
         "their focal/scale distributions for train_3d.py.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--scannet", help="folder of ScanNet .sens files (recursive)")
     parser.add_argument("--kenburns", help="3D Ken Burns folder (*-depth.exr + meta)")

@@ -15,7 +15,6 @@ A scene is a pure function of ``(seed, index)``: ``render_procedural(index, seed
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 
 from geometry.camera import fov_to_focal, intrinsics_matrix
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 FOV_RANGE_DEG = (40.0, 100.0)
@@ -295,10 +295,9 @@ def show_grid(count: int, seed: int, height: int, width: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.procedural_scenes --show``: write a PNG of rendered scenes."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.procedural_scenes",
         description="Render procedural scenes (RGB above depth) into one PNG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
     parser.add_argument("--count", type=int, default=6, help="number of scenes")

@@ -33,7 +33,6 @@ correspondences into a PNG.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from datasets.r2d2_sources import (
     random_rescale,
     resize_flow_target,
 )
+from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 
@@ -282,10 +282,9 @@ def draw_pairs(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``--show`` draws a few pairs into a PNG."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.r2d2_pairs",
         description="Draw R2D2 training pairs with flow correspondences.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="draw pairs into a PNG")
     parser.add_argument("--images", help="image folder for a synthetic source")

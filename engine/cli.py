@@ -9,23 +9,37 @@ silently overwrite a run that already has checkpoints.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.distributed import cleanup_distributed, init_distributed
-from engine.state import latest_checkpoint, seed_everything
+from engine.state import (
+    check_training_checkpoint,
+    latest_checkpoint,
+    resumable_checkpoint,
+    seed_everything,
+)
 from engine.trainer import Trainer
+from utils.arguments import ArgumentParser
 from utils.config import load_config
 from utils.errors import UserError, run_cli
+from utils.io import load_checkpoint
+
+LATEST = "latest"
+"""``--resume`` without a file: the run's newest readable checkpoint."""
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Overrides use dotted keys, e.g. train.lr=1e-4 data.image_size=[120,160]. "
         "Run folder: <logdir>/<exp> (config.yaml, TensorBoard events, checkpoints/).",
     )
@@ -38,9 +52,11 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         nargs="?",
-        const="latest",
+        const=LATEST,
         default=None,
-        help="continue a run: from its newest checkpoint, or from the given file",
+        metavar="CKPT",
+        help="continue a run: from its newest readable checkpoint (an unreadable one is "
+        "reported and skipped), or from the given file",
     )
     parser.add_argument(
         "--overwrite",
@@ -85,14 +101,12 @@ def resolve_run(
     if args.dry_run:
         exp_dir = Path(tempfile.mkdtemp(prefix=f"dryrun_{exp}_"))
     resume: Path | None = None
-    if args.resume == "latest":
-        resume = latest_checkpoint(exp_dir)
-        if resume is None:
-            raise UserError(
-                f"--resume: no checkpoint found in '{exp_dir / 'checkpoints'}'"
-            )
+    if args.resume == LATEST:
+        resume, _ = resumable_checkpoint(exp_dir, _warn_rank0)
     elif args.resume is not None:
+        # Checked now, before data and model are built, so a bad file costs nothing.
         resume = Path(args.resume)
+        check_training_checkpoint(load_checkpoint(resume), resume)
     elif latest_checkpoint(exp_dir) is not None:
         if args.overwrite:
             for old in (exp_dir / "checkpoints").glob("*.pt"):
@@ -105,10 +119,37 @@ def resolve_run(
     return conf, exp_dir, resume
 
 
+def _warn_rank0(message: str) -> None:
+    # resolve_run runs before the process group exists; torchrun's RANK says who speaks.
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
+def _resume_takes_no_file(token: str) -> bool:
+    """Whether the word after ``--resume`` is not meant as its checkpoint file.
+
+    ``--resume`` takes an optional file, so argparse would swallow the next word: an
+    override (``train.max_steps=310``) or the config file must stay what they are.
+    """
+    if Path(token).is_file() and not token.endswith((".yaml", ".yml")):
+        return False
+    return bool(_OVERRIDE.match(token)) or token.endswith((".yaml", ".yml"))
+
+
 def parse(
     argv: Sequence[str] | None, prog: str, description: str
 ) -> argparse.Namespace:
-    return build_parser(prog, description).parse_intermixed_args(argv)
+    """Parse a ``train_*.py`` command line (see the module docstring).
+
+    ``--resume`` followed by ``key=value`` or a YAML file resumes from the newest
+    checkpoint and keeps that word as an override or the config; ``--resume FILE``
+    resumes from FILE.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words[:-1]):
+        if word == "--resume" and _resume_takes_no_file(words[i + 1]):
+            words[i] = f"--resume={LATEST}"
+    return build_parser(prog, description).parse_intermixed_args(words)
 
 
 def train(
@@ -130,6 +171,9 @@ def train(
         init = None if resume else conf["train"]["init_weights"]
         if init and not Path(init).is_file():
             raise UserError(f"train.init_weights: '{init}' does not exist")
+        if init:
+            # Read once before building the data, so a corrupt file fails fast.
+            load_checkpoint(init)
         model, train_set, val_set = build(conf)
         if init:
             init_from(model, init, dist_info.rank)

@@ -1,12 +1,13 @@
 """Training state helpers of the engine: seeding and RNG snapshots, optimisers, learning-rate
-schedules and checkpoint discovery. Everything here is task-agnostic and stateless; the
-:class:`engine.trainer.Trainer` owns the state itself.
+schedules, and finding, checking and matching checkpoints. Everything here is task-agnostic and
+stateless; the :class:`engine.trainer.Trainer` owns the state itself.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.io import load_checkpoint
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -107,3 +109,81 @@ def latest_checkpoint(exp_dir: str | Path) -> Path | None:
     """The newest ``last_*.pt`` of a run folder, or None."""
     found = sorted((Path(exp_dir) / "checkpoints").glob("last_*.pt"))
     return found[-1] if found else None
+
+
+TRAINING_STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
+"""What a checkpoint needs to continue a run (``Trainer._state`` writes more)."""
+
+
+def check_training_checkpoint(ckpt: Any, path: str | Path) -> dict[str, Any]:
+    """Return ``ckpt`` if it can continue a run, else raise one line naming the file.
+
+    Raises:
+        UserError: not a dict, or a key of :data:`TRAINING_STATE_KEYS` missing (a
+            published weights file, or one saved by other code).
+    """
+    missing = (
+        [k for k in TRAINING_STATE_KEYS if k not in ckpt]
+        if isinstance(ckpt, dict)
+        else list(TRAINING_STATE_KEYS)
+    )
+    if missing:
+        raise UserError(
+            f"{path}: not a train_*.py checkpoint (no '{missing[0]}' state), so it "
+            "cannot continue a run; start from its weights with train.init_weights"
+        )
+    return ckpt
+
+
+def first_state_mismatch(expected: dict[str, torch.Tensor], state: Any) -> str | None:
+    """Describe the first tensor of ``state`` that does not fit ``expected``, or None.
+
+    Args:
+        expected: the model's ``state_dict()``.
+        state: the checkpoint's ``model`` entry.
+    """
+    if not isinstance(state, dict):
+        return f"'model' holds {type(state).__name__}, not a state dict"
+    for key, value in state.items():
+        if key not in expected:
+            return f"unexpected tensor '{key}'"
+        shape = tuple(getattr(value, "shape", ()))
+        if shape != tuple(expected[key].shape):
+            return (
+                f"tensor '{key}' has shape {shape}, the model expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    missing = [k for k in expected if k not in state]
+    return f"missing tensor '{missing[0]}'" if missing else None
+
+
+def resumable_checkpoint(
+    exp_dir: str | Path, warn: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of a run that can be read, loaded.
+
+    ``last_*.pt`` files newest first, then ``best.pt``; each unreadable one (truncated by a
+    full disk or a kill during a copy, corrupt) is reported through ``warn`` and skipped, so
+    a run is never stranded while an intact older checkpoint sits beside a broken one.
+
+    Raises:
+        UserError: the run has no checkpoint, or none is readable.
+    """
+    folder = Path(exp_dir) / "checkpoints"
+    candidates = sorted(folder.glob("last_*.pt"), reverse=True)
+    candidates += [p for p in [folder / "best.pt"] if p.is_file()]
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint found in '{folder}'")
+    skipped = []
+    for path in candidates:
+        try:
+            ckpt = check_training_checkpoint(load_checkpoint(path), path)
+        except UserError as err:
+            skipped.append(path.name)
+            warn(f"warning: {err}; trying an older checkpoint")
+            continue
+        return path, ckpt
+    raise UserError(
+        f"--resume: no readable checkpoint in '{folder}' "
+        f"({', '.join(skipped)} all unreadable)"
+    )

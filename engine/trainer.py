@@ -43,6 +43,8 @@ from engine.devices import autocast, move_to_device, resolve_precision
 from engine.distributed import DistInfo, all_reduce_sums
 from engine.state import (
     build_optimizer,
+    check_training_checkpoint,
+    first_state_mismatch,
     lr_factor,
     rng_state,
     seed_everything,
@@ -186,6 +188,7 @@ class Trainer:
             self.tconf["seed"],
             dist_info,
         )
+        self.resumed_from: int | None = None
         if resume is not None:
             self._load(resume)
         self.writer = None
@@ -194,7 +197,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             save_config(conf, self.exp_dir / "config.yaml")
-            self.writer = SummaryWriter(log_dir=str(self.exp_dir))
+            # Events the interrupted run logged after its checkpoint's step are replayed
+            # by the resumed run; purging them keeps one curve instead of two overlapping.
+            purge = None if self.resumed_from is None else self.resumed_from + 1
+            self.writer = SummaryWriter(log_dir=str(self.exp_dir), purge_step=purge)
 
     # ------------------------------------------------------------------ data
     def _loader(
@@ -360,6 +366,8 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_handler)
             if self.writer is not None:
                 self.writer.flush()
+            if self.dist.is_main and any(self.ckpt_dir.glob("*.pt")):
+                print(f"checkpoints in {self.ckpt_dir}")
         return last_val
 
     def _on_sigint(self, signum, frame) -> None:
@@ -477,19 +485,32 @@ class Trainer:
         return path
 
     def _load(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path)
+        """Restore the whole training state from a checkpoint (``--resume``).
+
+        Raises:
+            UserError: unreadable file, not a training checkpoint, or a model or
+                optimiser that does not fit this run (naming the first bad tensor).
+        """
+        ckpt = check_training_checkpoint(load_checkpoint(path), path)
+        problem = first_state_mismatch(self.model.state_dict(), ckpt["model"])
+        if problem:
+            raise UserError(f"checkpoint '{path}' does not match the model: {problem}")
+        self.model.load_state_dict(ckpt["model"])
         try:
-            self.model.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0][:200]
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise UserError(
-                f"checkpoint '{path}' does not match the model: {first}"
+                f"checkpoint '{path}': its optimiser/scheduler/RNG state does not fit "
+                f"this run ({first})"
             ) from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.step, self.best = ckpt["step"], ckpt["best"]
+        self.step, self.best = int(ckpt["step"]), ckpt.get("best")
         self.nan_streak = ckpt.get("nan_streak", 0)
-        set_rng_state(ckpt["rng"])
+        self.resumed_from = self.step
+        if self.dist.is_main:
+            print(f"resumed from step {self.step} ({path})")
         if self.dist.enabled:
             dist.barrier()

@@ -54,6 +54,7 @@ from geometry.camera import (
     valid_depth_mask,
 )
 from models.pointcloud_nets import CloudRegressor, build_cloud_model
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 from utils.io import (
     atomic_write,
@@ -77,11 +78,10 @@ class Item:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Recover focal length and depth shift of depth maps (LeReS point-cloud "
         "module); write corrected .ply clouds and, given true intrinsics, score them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--focal-model", required=True, help="train_3d.py focal checkpoint"

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from engine.devices import autocast, resolve_device, resolve_precision
 from geometry.keypoints import nms
+from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_text, ensure_writable_dir
@@ -294,11 +295,10 @@ def _fmt(x) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="evaluation.py synthetic_shapes",
         description="Precision-recall, mAP and localisation error of a detector on the "
         "Synthetic Shapes test set (clean and noisy), with OpenCV baselines.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--checkpoint", action="append", default=[], help="model checkpoint(s)"
@@ -307,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", nargs="*", default=[], choices=CLASSICAL, help="OpenCV baselines"
     )
     p.add_argument(
-        "--variants", nargs="+", default=["clean", "noisy"], choices=["clean", "noisy"]
+        "--variants",
+        nargs="+",
+        default=["clean", "noisy"],
+        choices=["clean", "noisy"],
+        help="test sets: clean images, or noisy ones (photometric augmentation on)",
     )
     p.add_argument(
         "--num-images", type=int, default=500, help="test images per primitive"
@@ -329,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--classical-top-k", type=int, default=300, help="OpenCV keypoints per image"
     )
-    p.add_argument("--nms-radius", type=int, default=4)
+    p.add_argument(
+        "--nms-radius", type=int, default=4, help="NMS radius in pixels (all methods)"
+    )
     p.add_argument("--correct-distance", type=float, default=4.0, help="px, for mAP")
     p.add_argument(
         "--floor", type=float, default=1e-4, help="detections below are dropped"
@@ -338,9 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--loc-threshold", type=float, default=0.5, help="prob. for loc. error"
     )
     p.add_argument("--loc-distance", type=float, default=2.0, help="px, for loc. error")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="test images per forward pass"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes drawing test images"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     return p
 
@@ -351,7 +361,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise UserError(
             "nothing to evaluate: give --checkpoint CKPT and/or --methods ..."
         )
-    out_dir = ensure_writable_dir(args.out)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     entries: list[tuple[str, Any, dict]] = []
@@ -382,6 +391,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if entries and not args.image_size:
         base = {"image_size": entries[0][2].get("image_size", [120, 160])}
     entries += [(m, None, base) for m in args.methods]
+    # Created once every input has been read, so bad input leaves no folder behind.
+    out_dir = ensure_writable_dir(args.out)
 
     results: dict[str, Any] = {
         "protocol": {

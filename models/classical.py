@@ -22,6 +22,10 @@ class OpenCVExtractor:
         kind: ``sift`` or ``orb``.
         top_k: keep the ``top_k`` strongest responses (SIFT default: all; ORB default:
             :data:`ORB_DEFAULT_FEATURES`).
+
+    Attributes:
+        identity: ``{"id": "sift (OpenCV 4.x.y)"}``, recorded in feature files.
+        options: the options it was built with (``top_k``).
     """
 
     grayscale = True
@@ -29,6 +33,9 @@ class OpenCVExtractor:
     def __init__(self, kind: str, top_k: int | None = None):
         self.tag = kind
         self.top_k = top_k
+        # Feature-file provenance: results can change between OpenCV releases.
+        self.identity = {"id": f"{kind} (OpenCV {cv2.__version__})"}
+        self.options: dict = {} if top_k is None else {"top_k": top_k}
         if kind == "sift":
             self.detector = cv2.SIFT_create(nfeatures=top_k or 0)
         elif kind == "orb":

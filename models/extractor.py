@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from engine.devices import inference_precision
 from models.classical import OpenCVExtractor
 from utils.errors import UserError
-from utils.io import load_checkpoint
+from utils.io import file_sha256, load_checkpoint
 
 CLASSICAL = ("sift", "orb")
 EXTRACTOR_PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -187,11 +187,41 @@ def load_extractor(
     return Extractor(model, tag=Path(path).stem, device=device, precision=precision)
 
 
+# File stems that say nothing about which model a file holds (the engine writes best.pt and
+# last_<step>.pt in every run): their tag is prefixed with the run's name.
+GENERIC_STEMS = ("best", "last", "latest", "final", "model", "checkpoint", "weights")
+
+
+def checkpoint_tag(path: str | Path) -> str:
+    """Default output tag of a weights file: it names the run, not only the file.
+
+    ``logs/<run>/checkpoints/best.pt`` gives ``<run>-best``; a generically named file
+    elsewhere (``exp/model.pt``) gives ``exp-model``; a published file keeps its own name
+    (``pretrained/superpoint_v1.pth`` gives ``superpoint_v1``).
+    """
+    path = Path(path)
+    stem = path.stem
+    parent = path.parent
+    if parent.name == "checkpoints" and parent.parent.name not in ("", "."):
+        return f"{parent.parent.name}-{stem}"
+    generic = stem.lower().split("_")[0] in GENERIC_STEMS
+    if generic and parent.name not in ("", ".", "pretrained"):
+        return f"{parent.name}-{stem}"
+    return stem
+
+
 class ImageExtractor(Protocol):
-    """What :func:`build_extractor` returns: a feature extractor on NumPy images."""
+    """What :func:`build_extractor` returns: a feature extractor on NumPy images.
+
+    ``identity`` (``{"id": "sha256:<hex>" | "sift (OpenCV 4.x)", ...}``) and ``options``
+    (the options it was built with) go into the provenance record of every feature file
+    (see ``datasets.features``).
+    """
 
     tag: str
     grayscale: bool
+    identity: dict[str, str]
+    options: dict[str, Any]
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Features of a uint8 image (H, W) or (H, W, 3): ``keypoints`` (N, 2),
@@ -216,8 +246,20 @@ class ModelExtractor:
             raise UserError(f"{path}: checkpoint file does not exist")
         self.device = device
         self.model = load_extractor(path, device=device, conf=conf)
-        self.tag = str(getattr(self.model, "tag", Path(path).stem))
+        # The model's tag is the file stem plus settings (R2D2 adds -bf16); the stem part
+        # becomes the run-naming checkpoint_tag.
+        stem, model_tag = Path(path).stem, str(getattr(self.model, "tag", ""))
+        suffix = model_tag[len(stem) :] if model_tag.startswith(stem) else ""
+        self.tag = checkpoint_tag(path) + suffix
         self.grayscale = bool(getattr(self.model, "grayscale", True))
+        # Hashed once per extractor, i.e. once per run, not per image.
+        self.identity = {"id": f"sha256:{file_sha256(path)}", "weights": str(path)}
+        self.options = dict(sorted((conf or {}).items()))
+        if "precision" in self.options:
+            # "auto" is recorded as what it chose here (bf16 where native, else fp32).
+            self.options["precision"] = _resolved_precision(self.model) or str(
+                self.options["precision"]
+            )
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
@@ -246,6 +288,22 @@ class ModelExtractor:
                 desc if desc.ndim == 2 else desc.reshape(len(keypoints), -1)
             )
         return feats
+
+
+def _resolved_precision(model: Any) -> str | None:
+    """The precision an extractor runs at, after ``auto``; None if it does not say."""
+    precision = getattr(model, "precision", None)
+    if isinstance(precision, str):
+        return precision
+    conf = getattr(model, "conf", None)
+    if isinstance(conf, dict) and "autocast" in conf:  # R2D2Extractor
+        if conf.get("int8"):
+            return "int8"
+        mode = conf.get("autocast")
+        return (
+            "fp16" if mode == "fp16" else "bf16" if mode in (True, "bf16") else "fp32"
+        )
+    return None
 
 
 def build_extractor(

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from utils.constructor_parser import parse_constructor
 from utils.errors import UserError
+from utils.io import load_checkpoint
 
 # Inputs are RGB in [0, 1]; the published weights expect ImageNet normalisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -325,13 +326,7 @@ def load_r2d2_checkpoint(path: str | os.PathLike) -> R2D2Net:
             that do not fit.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: checkpoint file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
-        raise UserError(f"{path}: not a readable torch checkpoint ({first})") from None
+    checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a dict checkpoint, got {type(checkpoint)}")
     if "net" in checkpoint:

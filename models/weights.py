@@ -175,7 +175,14 @@ def convert_state_dict(
     """
     fmt = detect_format(obj, source)
     if fmt == "engine":
-        return fmt, dict(obj["model"]), dict(obj["config"]["model"])
+        config = obj["config"]
+        model_conf = config.get("model") if isinstance(config, Mapping) else None
+        if not isinstance(obj["model"], Mapping) or not isinstance(model_conf, Mapping):
+            raise UserError(
+                f"'{source}': a train_*.py checkpoint needs a 'model' state dict and a "
+                "'config' with a 'model' section"
+            )
+        return fmt, dict(obj["model"]), dict(model_conf)
     if fmt == "pytorch_superpoint":
         inner = obj["model_state_dict"]
         if not isinstance(inner, Mapping):
@@ -341,21 +348,6 @@ def reference_frontend(
     return kept.astype(np.float32), values, desc.t().numpy()
 
 
-if __name__ == "__main__":
-    # python -m models.weights CKPT: the architecture overrides of a weight file, one line.
-    import sys
-
-    from utils.errors import run_cli
-
-    def _print_overrides() -> int:
-        if len(sys.argv) != 2:
-            raise UserError("usage: python -m models.weights CHECKPOINT")
-        print(" ".join(architecture_overrides(sys.argv[1])))
-        return 0
-
-    sys.exit(run_cli(_print_overrides, "models.weights"))
-
-
 def check_and_load_state_dict(
     model: torch.nn.Module, state: dict, source: str, allow_missing: bool = False
 ) -> list[str]:
@@ -385,3 +377,34 @@ def check_and_load_state_dict(
         raise UserError(f"weights '{source}' share no key with the model")
     model.load_state_dict(state, strict=not allow_missing)
     return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.weights CKPT``: the architecture overrides of a weight file."""
+    from utils.arguments import ArgumentParser
+    from utils.errors import run_cli
+
+    parser = ArgumentParser(
+        prog="python -m models.weights",
+        description="Print the model.* overrides (one line) that give a config the "
+        "network widths of a weight file, e.g. to start a run from it with "
+        "train.init_weights.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="a train_*.py checkpoint or a published SuperPoint file "
+        "(superpoint_v1.pth, superpoint_v6_from_tf.pth, pytorch-superpoint)",
+    )
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        print(" ".join(architecture_overrides(args.checkpoint)))
+        return 0
+
+    return run_cli(run, parser.prog)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

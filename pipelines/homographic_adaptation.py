@@ -46,6 +46,7 @@ from geometry.homography import (
     warp_images,
 )
 from geometry.keypoints import extract_keypoints
+from utils.arguments import ArgumentParser
 from utils.errors import UserError
 
 AGGREGATIONS = ("sum", "mean", "max")
@@ -345,7 +346,6 @@ def _overlay(image: np.ndarray, points: torch.Tensor, prob: torch.Tensor) -> np.
 
 def export_main(argv: list[str] | None = None) -> int:
     """``export.py homography_adaptation``: HA labels for a folder of images."""
-    import argparse
     import os
     import sys
     import time
@@ -355,12 +355,11 @@ def export_main(argv: list[str] | None = None) -> int:
     from utils.config import load_config, save_config
     from utils.errors import run_cli
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="export.py homography_adaptation",
         description="Homographic adaptation: aggregate a detector over N homographies "
         "per image and write <out>/<image name>.npz (points (N, 2) x, y; scores; "
         "image_size). Finished images are skipped on re-runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Sections: data (datasets.image_folder), model, export (defaults: "
         + ", ".join(
             f"{k}={v}" for k, v in EXPORT_DEFAULTS.items() if k != "homographies"
@@ -408,7 +407,6 @@ def export_main(argv: list[str] | None = None) -> int:
         ex = conf["export"]
         _check_aggregation(ex["aggregation"])
         homography_config(ex["homographies"])
-        out = ensure_writable_dir(args.out)
         shard, shards = parse_shard(args.shard)
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -433,6 +431,9 @@ def export_main(argv: list[str] | None = None) -> int:
             model = build_model(conf["model"])
         model = model.to(device)
         detector = model_detector(model, precision, ex["channels_last"])
+        # Created once the images and the weights have been read: bad input leaves no
+        # folder behind.
+        out = ensure_writable_dir(args.out)
         if rank == 0:
             save_config(conf, out / "export_config.yaml")
         size = tuple(int(v) for v in conf["data"]["image_size"])

@@ -18,7 +18,7 @@ Entry points: :func:`run_tracking` (for ``extract.py --video ... --track``) and
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import os
 import sys
@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -240,6 +241,11 @@ def run_tracking(
 
     out = Path(out)
     as_video = out.suffix.lower() in VIDEO_EXTENSIONS
+    grayscale = bool(getattr(extractor, "grayscale", True))
+    # The first frame is read before anything is created: a missing, empty or corrupt
+    # source leaves no output folder behind.
+    frames = read_frames(source, grayscale, max_frames)
+    first = next(frames)
     folder = ensure_writable_dir(out.parent if as_video else out)
     stats_path = (
         folder / f"{out.stem}_track_stats.json"
@@ -247,12 +253,15 @@ def run_tracking(
         else out / "track_stats.json"
     )
     tracker = PointTracker(nn_thresh, max_length)
-    grayscale = bool(getattr(extractor, "grayscale", True))
     writer = None
     tmp_video = None
     try:
-        frames = read_frames(source, grayscale, max_frames)
-        for name, image in tqdm(frames, desc="tracking", disable=not progress):
+        for name, image in tqdm(
+            itertools.chain([first], frames),
+            desc="tracking",
+            disable=not progress,
+            leave=False,
+        ):
             feats = extractor(image)
             if feats.get("descriptors") is None:
                 raise UserError("tracking needs descriptors; the extractor has none")
@@ -306,20 +315,28 @@ def run_tracking(
 
 def track_main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m pipelines.tracking --video FILE|DIR --model M --out OUT``."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m pipelines.tracking",
         description="Track keypoints through a video (two-way NN descriptor matching) "
         "and write annotated frames or a video plus track statistics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--video", required=True, help="video file or frames folder")
     parser.add_argument("--model", required=True, help="checkpoint path, sift or orb")
     parser.add_argument("--out", required=True, help="output folder or .mp4/.avi file")
-    parser.add_argument("--nn-thresh", type=float, default=0.7)
-    parser.add_argument("--max-length", type=int, default=5)
+    parser.add_argument(
+        "--nn-thresh",
+        type=float,
+        default=0.7,
+        help="largest descriptor distance of a two-way match",
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=5, help="positions drawn per track"
+    )
     parser.add_argument("--max-frames", type=int, default=0, help="0: all frames")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    parser.add_argument(
+        "--fps", type=float, default=15.0, help="frame rate of a video output"
+    )
     parser.add_argument(
         "--conf",
         nargs="*",

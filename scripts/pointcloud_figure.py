@@ -13,7 +13,6 @@ evaluation whose true vertical FOV differs from the starting guess by more than
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -32,14 +31,14 @@ from geometry.camera import (  # noqa: E402
     normalize_depth,
     valid_depth_mask,
 )
+from utils.arguments import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", required=True, help="data_gen.py pointclouds folder")
     parser.add_argument("--eval", required=True, help="evaluation.py pointcloud --out")

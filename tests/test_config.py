@@ -69,3 +69,30 @@ def test_missing_and_malformed_files(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="must hold a mapping"):
         load_config(lst, [], DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("learning_rate", "lr"),
+        ("iters", "max_steps"),
+        ("iterations", "max_steps"),
+        ("num_epochs", "epochs"),
+        ("workers", "num_workers"),
+        ("batch_sise", "batch_size"),
+    ],
+)
+def test_unknown_key_suggests_synonyms_of_the_engine_keys(key, meant):
+    from engine.trainer import TRAIN_DEFAULTS
+
+    with pytest.raises(UserError) as err:
+        merge_config({"train": TRAIN_DEFAULTS}, {"train": {key: 1}})
+    assert str(err.value) == (
+        f"unknown config key 'train.{key}'; did you mean 'train.{meant}'?"
+    )
+
+
+def test_a_synonym_is_only_suggested_where_its_key_exists():
+    with pytest.raises(UserError) as err:
+        merge_config({"data": {"name": "x"}}, {"data": {"learning_rate": 1}})
+    assert "did you mean" not in str(err.value)

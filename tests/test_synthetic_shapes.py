@@ -300,3 +300,16 @@ def test_show_writes_a_grid(tmp_path):
     assert S.main(argv) == 0
     grid = cv2.imread(str(out))
     assert grid.shape == (len(S.PRIMITIVES) * 64, 96, 3)
+
+
+@pytest.mark.parametrize("background", [0, 255])
+def test_show_labels_read_on_dark_and_light_backgrounds(background):
+    from datasets.synthetic_shapes.show import draw_label
+
+    image = np.full((40, 160, 3), background, np.uint8)
+    draw_label(image, "draw_star")
+    label = image[2:20, 2:70].reshape(-1, 3).astype(int)
+    text = label[(label != 0).any(axis=1)]
+    # Black strip, yellow text: the text is far from the strip whatever lies behind.
+    assert (label == 0).all(axis=1).mean() > 0.5 and len(text) > 20
+    assert text.sum(axis=1).max() >= 400

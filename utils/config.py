@@ -64,6 +64,67 @@ def _check_type(default: Any, value: Any, path: str) -> Any:
     return value
 
 
+# Names other code bases and papers use for our keys: a user typing one of them is told ours.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("lr",),
+    "base_lr": ("lr",),
+    "iters": ("max_steps", "steps"),
+    "iterations": ("max_steps", "steps"),
+    "max_iters": ("max_steps",),
+    "max_iterations": ("max_steps",),
+    "num_steps": ("max_steps", "steps"),
+    "num_iters": ("max_steps", "steps"),
+    "total_steps": ("max_steps",),
+    "training_steps": ("max_steps",),
+    "steps": ("max_steps",),
+    "num_epochs": ("epochs",),
+    "n_epochs": ("epochs",),
+    "max_epochs": ("epochs",),
+    "epoch": ("epochs",),
+    "bs": ("batch_size",),
+    "batch": ("batch_size",),
+    "workers": ("num_workers",),
+    "n_workers": ("num_workers",),
+    "wd": ("weight_decay",),
+    "optim": ("optimizer",),
+    "scheduler": ("lr_schedule",),
+    "lr_scheduler": ("lr_schedule",),
+    "schedule": ("lr_schedule",),
+    "clip_grad": ("grad_clip",),
+    "grad_clip_norm": ("grad_clip",),
+    "max_grad_norm": ("grad_clip",),
+    "amp": ("precision",),
+    "mixed_precision": ("precision",),
+    "dtype": ("precision",),
+    "gpu": ("device",),
+    "checkpoint_every": ("save_every",),
+    "ckpt_every": ("save_every",),
+    "eval_every": ("val_every",),
+    "validate_every": ("val_every",),
+    "resolution": ("image_size",),
+    "img_size": ("image_size",),
+    "size": ("image_size",),
+    "resize": ("image_size",),
+}
+
+
+def suggest_key(key: str, valid: Sequence[str]) -> str | None:
+    """The valid key a user most likely meant by ``key``, or None.
+
+    A known synonym wins (``learning_rate`` -> ``lr``, ``iterations`` -> ``max_steps``);
+    otherwise the closest spelling (``batch_sise`` -> ``batch_size``).
+
+    Example:
+        >>> suggest_key("learning_rate", ["lr", "batch_size"])
+        'lr'
+    """
+    for candidate in SYNONYMS.get(key.lower(), ()):
+        if candidate in valid:
+            return candidate
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return close[0] if close else None
+
+
 def merge_config(
     defaults: Mapping, overrides: Mapping | None, prefix: str = ""
 ) -> Config:
@@ -83,8 +144,8 @@ def merge_config(
             if open_mapping:
                 result[key] = copy.deepcopy(value)
                 continue
-            close = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            close = suggest_key(str(key), [str(k) for k in defaults])
+            hint = f"; did you mean '{prefix}{close}'?" if close else ""
             raise UserError(f"unknown config key '{path}'{hint}")
         default = defaults[key]
         if isinstance(default, Mapping) and default and value is not None:

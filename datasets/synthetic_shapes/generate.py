@@ -4,7 +4,6 @@ cache.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -25,6 +24,7 @@ from datasets.synthetic_shapes.primitives import (
     parse_primitives,
 )
 from datasets.synthetic_shapes.raster import SPLITS
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
@@ -85,19 +85,29 @@ def generate_main(argv: list[str] | None = None) -> int:
 
     Output is identical for any ``--workers``; finished shards are skipped on a re-run.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="data_gen.py synthetic_shapes",
         description="Generate the Synthetic Shapes cache read by "
         "SyntheticShapes(conf={'cache_dir': OUT, ...}).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--primitives", nargs="+", default=["all"], help="names or 'all'"
     )
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument(
-        "--size", nargs=2, type=int, default=[120, 160], metavar=("H", "W")
+        "--splits",
+        nargs="+",
+        default=list(SPLITS),
+        choices=SPLITS,
+        help="splits to generate",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=[120, 160],
+        metavar=("H", "W"),
+        help="image height and width in pixels",
     )
     parser.add_argument(
         "--supersample", type=int, default=1, help="draw at this multiple"
@@ -113,8 +123,15 @@ def generate_main(argv: list[str] | None = None) -> int:
         help="images per primitive (defaults: train=10000 val=200 test=500)",
     )
     parser.add_argument("--shard-size", type=int, default=1000, help="images per file")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes drawing shards in parallel (output is the same for any number)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the dataset"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

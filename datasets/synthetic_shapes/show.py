@@ -4,7 +4,6 @@ keypoints, to check the data by eye.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from datasets.synthetic_shapes.dataset import SyntheticShapes
 from datasets.synthetic_shapes.raster import SPLITS, Array
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
@@ -47,36 +47,66 @@ def render_grid(
             cv2.rectangle(tile, (0, 0), (w * scale - 1, h * scale - 1), (80, 80, 80), 1)
             tiles.append(tile)
         row = np.concatenate(tiles, 1)
-        cv2.putText(
-            row,
-            sample["primitive"],
-            (4, 14),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (0, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        draw_label(row, sample["primitive"])
         rows.append(row)
     return np.concatenate(rows, 0)
 
 
+def draw_label(image: Array, text: str, origin: tuple[int, int] = (2, 2)) -> None:
+    """Write ``text`` in place at the top-left of a BGR ``(H, W, 3)`` uint8 image.
+
+    The text sits on a black strip, so it reads on any background (the backgrounds of
+    Synthetic Shapes run from black to white).
+    """
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+    (width, height), baseline = cv2.getTextSize(text, font, scale, thickness)
+    x, y = origin
+    cv2.rectangle(
+        image, (x, y), (x + width + 4, y + height + baseline + 3), (0, 0, 0), -1
+    )
+    cv2.putText(
+        image,
+        text,
+        (x + 2, y + height + 2),
+        font,
+        scale,
+        (0, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.synthetic_shapes --show``: write a PNG grid of samples."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.synthetic_shapes",
         description="Show Synthetic Shapes samples (one row per primitive).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
-    parser.add_argument("--out", type=Path, default=Path("synthetic_shapes.png"))
-    parser.add_argument("--split", default="val", choices=SPLITS)
-    parser.add_argument("--per-primitive", type=int, default=4)
     parser.add_argument(
-        "--size", nargs=2, type=int, default=[120, 160], metavar=("H", "W")
+        "--out",
+        type=Path,
+        default=Path("synthetic_shapes.png"),
+        help="PNG file of the grid",
+    )
+    parser.add_argument(
+        "--split", default="val", choices=SPLITS, help="split drawn from"
+    )
+    parser.add_argument(
+        "--per-primitive", type=int, default=4, help="samples per row (primitive)"
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=[120, 160],
+        metavar=("H", "W"),
+        help="image height and width in pixels",
     )
     parser.add_argument("--augment", action="store_true", help="enable augmentation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed of the dataset"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:

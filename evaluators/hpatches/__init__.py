@@ -7,8 +7,11 @@ files), ``outputs`` (table, JSON, plots) and ``driver`` (extraction, the loop an
 ``evaluation.py hpatches --data DIR --preset NAME --features TAG`` scores features already
 written next to the images (``<seq>/<k>.ppm.<TAG>``, see ``extract.py``); with
 ``--model sift|orb|CKPT`` the features are first extracted with the preset's image
-preprocessing into ``<TAG> = <model>-<preset>`` files (finished ones are skipped), so
-re-scoring never re-extracts. Presets (see :data:`PRESETS`; ``--list-presets``):
+preprocessing into ``<TAG> = <model>-<preset>`` files (``<model>`` names a checkpoint's
+run, e.g. ``<run>-best``). A file is reused only when its provenance record (weights hash,
+options, preset, image size; see ``datasets.features``) matches, so re-scoring never
+re-extracts and another model's files are never scored by mistake. Presets (see
+:data:`PRESETS`; ``--list-presets``):
 
 - ``superpoint``: the SuperPoint paper / pytorch-superpoint protocol. All sequences,
   gray images cropped to the 3:4 aspect ratio (top-left) and resized to 240x320,

@@ -5,7 +5,6 @@ n_matches])``): read them safely, so published methods appear in the same plot, 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import UserError
+from utils.io import atomic_write
 
 
 class _CacheUnpickler(pickle.Unpickler):
@@ -128,7 +128,4 @@ def write_d2net_cache(
     ]
     cache = np.empty(3, dtype=object)
     cache[0], cache[1], cache[2] = i_err, v_err, stats
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, cache, allow_pickle=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, cache, allow_pickle=True))

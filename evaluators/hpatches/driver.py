@@ -28,7 +28,7 @@ from datasets.hpatches import (
     resolve_root,
 )
 from evaluators.hpatches.caches import read_d2net_cache, write_d2net_cache
-from evaluators.hpatches.features import features_path, load_features
+from evaluators.hpatches.features import Features, features_path, load_features
 from evaluators.hpatches.outputs import (
     _cache_row,
     _d2net_row,
@@ -43,6 +43,7 @@ from evaluators.hpatches.outputs import (
 from evaluators.hpatches.presets import PRESETS, Preset, apply_overrides
 from evaluators.hpatches.scoring import failed_pair, score_pair
 from evaluators.hpatches.summary import summarize
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
 
@@ -69,8 +70,15 @@ def export_features(
     device: str = "cpu",
     skip_bad: bool = False,
     progress: bool = True,
+    no_overwrite: bool = False,
 ) -> str:
-    """Extract features for a preset (skipping finished files); returns the tag."""
+    """Extract features for a preset; returns the tag.
+
+    Files whose provenance record matches (same weights hash or OpenCV method, options,
+    preset, preprocessing and image size) are reused; others are re-extracted and counted
+    as stale, or refused with ``no_overwrite``. The default tag is the extractor's (it
+    names a checkpoint's run, ``<run>-best``) plus the preset.
+    """
     from models.extractor import build_extractor, extractor_options
     from pipelines.extraction import extract_to_files
 
@@ -101,15 +109,38 @@ def export_features(
                 _warn(str(err))
                 continue
             jobs.append((image, features_path(image, tag, root, features_dir)))
-    extract_to_files(
+    report = extract_to_files(
         extractor,
         jobs,
         resize=preset.resize,
         top_k=preset.top_k,
         skip_bad=skip_bad,
         progress=progress,
+        preset=preset.name,
+        no_overwrite=no_overwrite,
     )
+    print(f"features {tag}: {report.summary()}")
     return tag
+
+
+def check_sequences(root: Path, names: list[str]) -> None:
+    """Check every sequence's images (headers) and homographies before any work starts.
+
+    Raises:
+        UserError: the first missing or unreadable image, or missing or malformed
+            ``H_1_k``, naming the file.
+    """
+    for name in names:
+        seq_dir = root / name
+        for index in range(1, 7):
+            image_size(find_image(seq_dir, index))
+        for k in range(2, 7):
+            read_homography(seq_dir / f"H_1_{k}")
+
+
+def output_name(tag: str, preset: Preset) -> str:
+    """Default output folder name: the tag and the preset, the preset named once."""
+    return tag if tag.endswith(f"-{preset.name}") else f"{tag}-{preset.name}"
 
 
 def evaluate(
@@ -144,6 +175,7 @@ def evaluate(
     d2net_feats: list[int] = []
     notes: list[str] = []
     plot_jobs: list[tuple] = []
+    extractors: set[str] = set()
     start = time.perf_counter()
 
     def fail(name: str, k: int, message: str) -> None:
@@ -173,7 +205,7 @@ def evaluate(
         else set()
     )
     for s_idx, name in enumerate(
-        tqdm(names, desc=f"score {preset.name}", disable=not progress)
+        tqdm(names, desc=f"score {preset.name}", disable=not progress, leave=False)
     ):
         # Images and homographies are checked pair by pair, so a bad file fails only
         # the pairs that need it (all five when it is image 1 or its features).
@@ -193,6 +225,7 @@ def evaluate(
             for k in range(2, 7):
                 fail(name, k, str(err))
             continue
+        extractors.add(_extractor_id(f0))
         n_features["all"].append(len(f0.keypoints))
         n_features[name[0]].append(len(f0.keypoints))
         d2net_feats.append(len(f0.keypoints))
@@ -212,6 +245,7 @@ def evaluate(
             except UserError as err:
                 fail(name, k, str(err))
                 continue
+            extractors.add(_extractor_id(f1))
             H = adapt_homography(H_orig, orig0, orig1, preset.resize)
             metrics = score_pair(preset, f0, f1, H, shape0, shape1, seed)
             records.append(
@@ -235,10 +269,17 @@ def evaluate(
         )
     if preset.protocol != "superpoint" and len(names) != NUM_SEQUENCES_RELEASE - 8:
         notes.append(f"{len(names)} sequences, not the protocol's 108")
+    if len(extractors) > 1:
+        notes.append(
+            f"the '{tag}' feature files come from {len(extractors)} different "
+            f"extractors ({', '.join(sorted(extractors))})"
+        )
+        _warn(notes[-1])
     summary = {
         "preset": preset.to_dict(),
         "preset_name": preset.name,
         "features": tag,
+        "features_extractors": sorted(extractors),
         "data": str(root),
         "num_sequences": len(names),
         "num_pairs": len(records),
@@ -253,6 +294,12 @@ def evaluate(
             out_dir, preset, tag, records, summary, caches, plot_jobs, d2net_feats
         )
     return EvalResult(records, summary, out_dir)
+
+
+def _extractor_id(features: Features) -> str:
+    """The extractor a feature file names (weights hash or OpenCV method)."""
+    record = features.provenance or {}
+    return str((record.get("extractor") or {}).get("id", "unrecorded"))
 
 
 def _write_outputs(
@@ -303,26 +350,40 @@ def _write_outputs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="evaluation.py hpatches",
         description="Evaluate local features on HPatches with a named protocol preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--data",
         default="data/hpatches_demo",
         help="hpatches-sequences-release folder (or its parent), or a demo set",
     )
-    parser.add_argument("--preset", default="superpoint", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset",
+        default="superpoint",
+        choices=sorted(PRESETS),
+        help="evaluation protocol (--list-presets describes them)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--features", default=None, help="tag of cached feature files")
     source.add_argument(
         "--model",
         default=None,
-        help="sift, orb or a checkpoint: extract (skipping finished files), then score",
+        help="sift, orb or a checkpoint: extract (reusing files whose provenance record "
+        "matches), then score",
     )
     parser.add_argument(
-        "--tag", default=None, help="with --model: feature tag (default MODEL-PRESET)"
+        "--tag",
+        default=None,
+        help="with --model: feature tag (default: MODEL-PRESET, where MODEL names a "
+        "checkpoint's run, e.g. <run>-best-superpoint)",
+    )
+    parser.add_argument(
+        "--no-overwrite",
+        action="store_true",
+        help="with --model: refuse to replace feature files written by another model or "
+        "with other settings (default: re-extract them and report them as stale)",
     )
     parser.add_argument(
         "--features-dir",
@@ -332,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out",
         default=None,
-        help="output folder (default outputs/hpatches/<tag>-<preset>)",
+        help="output folder (default: outputs/hpatches/<tag>-<preset>, the preset named "
+        "once)",
     )
     parser.add_argument(
         "--compare",
@@ -382,22 +444,33 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, path = item.partition("=")
             compare.append((name, Path(path)) if sep else (Path(item).stem, Path(item)))
         root = resolve_root(args.data)
+        names = list_sequences(root, exclude=preset.exclude)
+        # Everything that can be checked is checked before features are extracted.
+        for name, path in compare:
+            read_d2net_cache(path, name)
+        if compare and preset.protocol != "d2net":
+            raise UserError(
+                "--compare reads D2-Net MMA caches: use it with --preset d2net"
+            )
+        if not args.skip_bad:
+            check_sequences(root, names)
         tag = args.features
         if args.model:
             tag = export_features(
                 args.model,
                 root,
-                list_sequences(root, exclude=preset.exclude),
+                names,
                 preset,
                 args.tag,
                 Path(args.features_dir) if args.features_dir else None,
                 args.device,
                 args.skip_bad,
+                no_overwrite=args.no_overwrite,
             )
         out = (
             Path(args.out)
             if args.out
-            else Path("outputs/hpatches") / f"{tag}-{preset.name}"
+            else Path("outputs/hpatches") / output_name(tag, preset)
         )
         result = evaluate(
             root,

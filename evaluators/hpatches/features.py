@@ -1,15 +1,18 @@
 """HPatches feature files: where a method's ``<image>.<tag>`` file is for a preset, and how it is
-read and checked (frame, keypoints, scores, descriptors) before scoring.
+checked (frame, keypoints, scores, descriptors) before scoring. Files are read by
+``datasets.features.read_features``, the one reader of feature files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from datasets.features import read_features
 from datasets.hpatches import (
     parse_resize,
 )
@@ -21,11 +24,13 @@ from utils.errors import UserError
 
 @dataclass
 class Features:
-    """Keypoints (N, 2) float64, scores (N,), unit descriptors (N, D) or None."""
+    """Keypoints (N, 2) float64, scores (N,), unit descriptors (N, D) or None, and the
+    file's provenance record (None for files written before records existed)."""
 
     keypoints: np.ndarray
     scores: np.ndarray | None
     descriptors: torch.Tensor | None
+    provenance: dict[str, Any] | None = None
 
 
 def features_path(image: Path, tag: str, root: Path, features_dir: Path | None) -> Path:
@@ -53,17 +58,8 @@ def load_features(
         UserError: missing/corrupt file, no ``keypoints``, no ``descriptors`` when the
             preset needs them, inconsistent shapes, or the wrong image size.
     """
-    if not path.is_file():
-        raise UserError(
-            f"{path}: features file is missing (run extract.py or pass --model)"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(
-            f"{path}: cannot read features (expected an npz archive; {err})"
-        ) from None
+    feature_file = read_features(path)
+    arrays = feature_file.arrays
     if "keypoints" not in arrays:
         raise UserError(f"{path}: features file has no 'keypoints'")
     kp = np.asarray(arrays["keypoints"], dtype=np.float64)
@@ -101,4 +97,4 @@ def load_features(
     kp = kp[keep]
     scores = scores[keep] if scores is not None else None
     descriptors = normalize_descriptors(desc[keep]) if desc is not None else None
-    return Features(kp, scores, descriptors)
+    return Features(kp, scores, descriptors, feature_file.provenance)

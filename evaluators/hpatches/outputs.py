@@ -5,7 +5,6 @@ sequence, homography accuracy curves, example matches).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from evaluators.hpatches.metrics import (
 from evaluators.hpatches.presets import PLOT_MMA_MAX, Preset
 from evaluators.hpatches.scoring import _mutual_matches
 from evaluators.hpatches.summary import _nanmean
+from utils.io import atomic_write_text
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -242,9 +242,7 @@ def plot_matches(
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,7 +22,6 @@ class Preset:
 
     name: str
     protocol: str  # which metrics: superpoint | d2net | gluefactory
-    description: str
     reference: str
     exclude: bool  # drop the 8 high-resolution sequences (D2-Net list)
     resize: str  # datasets.hpatches.parse_resize string
@@ -40,15 +39,40 @@ class Preset:
     mma_thresholds: tuple[float, ...] = tuple(float(t) for t in range(1, 16))
     auc_thresholds: tuple[float, ...] = (1.0, 3.0, 5.0)
 
+    @property
+    def description(self) -> str:
+        """One line of the settings, made from the fields so ``--set`` shows in it:
+        ``all sequences, gray 240x320, top 1000, conf 0.015, NMS 4``."""
+        resize = parse_resize(self.resize)
+        image = {
+            "none": "full resolution",
+            "crop_resize": str(resize),
+            "short_side": f"short side {resize.size}",
+            "max_size": f"long side <= {resize.size}",
+        }[resize.mode]
+        parts = [
+            "108 sequences" if self.exclude else "all sequences",
+            f"gray {image}" if self.gray else image,
+            f"top {self.top_k}" if self.top_k else "method's own keypoints",
+        ]
+        conf = self.extractor_conf
+        if "detection_threshold" in conf:
+            parts.append(f"conf {conf['detection_threshold']:g}")
+        if "nms_radius" in conf:
+            parts.append(f"NMS {conf['nms_radius']}")
+        if self.protocol != "superpoint":
+            parts.append("mutual NN")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field and the description, for the JSON outputs."""
+        return {**dataclasses.asdict(self), "description": self.description}
 
 
 PRESETS: dict[str, Preset] = {
     "superpoint": Preset(
         name="superpoint",
         protocol="superpoint",
-        description="all sequences, gray 240x320, top 1000, conf 0.015, NMS 4",
         reference="SuperPoint (DeTone et al. 2018) / eric-yyjau/pytorch-superpoint",
         exclude=False,
         resize="240x320",
@@ -59,7 +83,6 @@ PRESETS: dict[str, Preset] = {
     "superpoint480": Preset(
         name="superpoint480",
         protocol="superpoint",
-        description="all sequences, gray 480x640, top 1000, conf 0.015, NMS 8",
         reference="SuperPoint (DeTone et al. 2018), 480x640 setting",
         exclude=False,
         resize="480x640",
@@ -70,7 +93,6 @@ PRESETS: dict[str, Preset] = {
     "d2net": Preset(
         name="d2net",
         protocol="d2net",
-        description="108 sequences, full resolution, method's own keypoints, mutual NN",
         reference="mihaidusmanu/d2-net HPatches-Sequences-Matching-Benchmark (R2D2)",
         exclude=True,
         resize="none",
@@ -80,7 +102,6 @@ PRESETS: dict[str, Preset] = {
     "gluefactory": Preset(
         name="gluefactory",
         protocol="gluefactory",
-        description="108 sequences, short side 480, top 1024, mutual NN",
         reference="cvg/glue-factory gluefactory/eval/hpatches.py",
         exclude=True,
         resize="short480",
