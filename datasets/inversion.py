@@ -390,6 +390,54 @@ class InversionDataset(Dataset):
         }
 
 
+TRAINING_DATA_DEFAULTS: dict[str, Any] = {
+    **InversionDataset.default_conf,
+    # Validation images (folder, list or builtin[:split]); None: the training images,
+    # at their fixed validation crops (the held-out photographs stay unseen).
+    "val_images": None,
+}
+"""The ``data`` section of ``train_reconstruct.py`` and ``train_refine.py``."""
+
+
+def build_datasets(
+    conf: dict[str, Any],
+) -> tuple[InversionDataset, InversionDataset]:
+    """Training and validation sets of a ``data`` section (:data:`TRAINING_DATA_DEFAULTS`).
+
+    One online extractor serves both sets, so a model checkpoint is read once.
+    """
+    if conf["name"] != "inversion":
+        raise UserError(
+            f"config key 'data.name': expected 'inversion', got {conf['name']!r}"
+        )
+    data = {k: v for k, v in conf.items() if k != "val_images"}
+    train_set = InversionDataset(data, "train")
+    val_conf = {**data, "images": conf["val_images"] or data["images"], "repeat": 1}
+    extractor = train_set.extractor if train_set.online else None
+    return train_set, InversionDataset(val_conf, "val", extractor=extractor)
+
+
+def fill_input_channels(
+    model_conf: dict[str, Any], dataset: InversionDataset, key: str = "model.in_channels"
+) -> None:
+    """Set ``model_conf['in_channels']`` from the data when 0, else check that they agree.
+
+    The config is updated in place so that the saved config (and every checkpoint) records
+    the real channel count.
+
+    Raises:
+        UserError: a set value that differs from the data's channel count.
+    """
+    channels = dataset.input_channels
+    if model_conf["in_channels"] == 0:
+        model_conf["in_channels"] = channels
+    elif model_conf["in_channels"] != channels:
+        raise UserError(
+            f"config key '{key}' is {model_conf['in_channels']}, but "
+            f"{dataset.describe_input()}"
+        )
+
+
 def resize_short_side_nearest(depth: Array, size: tuple[int, int]) -> Array:
     """Depth resized to ``size`` (H, W) with nearest neighbours (no mixed depths)."""
     if depth.shape[:2] == tuple(size):

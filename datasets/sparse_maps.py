@@ -50,7 +50,9 @@ def unpack_binary_descriptors(packed: Array) -> Array:
 
     Bit order is NumPy's ``unpackbits`` (most significant bit first); a set bit gives +1.
     """
-    bits = np.unpackbits(np.asarray(packed, np.uint8).reshape(len(packed), -1), axis=1)
+    packed = np.asarray(packed, np.uint8)
+    packed = packed.reshape(len(packed), packed.shape[-1] if packed.ndim == 2 else -1)
+    bits = np.unpackbits(packed, axis=1)
     return bits.astype(np.float32) * 2.0 - 1.0
 
 

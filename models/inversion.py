@@ -215,16 +215,20 @@ def inversion_panels(
     """TensorBoard grid: rows input sparsity map / prediction / target, ``count`` columns.
 
     The sparsity map shows the target's colour at every keypoint pixel (dilated to 3 x 3 so
-    single pixels stay visible at TensorBoard's zoom), black elsewhere.
+    single pixels stay visible at TensorBoard's zoom), black elsewhere. A refiner's
+    prediction adds its coarse image as a row before the refined one.
 
     Returns:
-        ``{"inversion": (3, 3 H, count W)}`` in [0, 1].
+        ``{"inversion": (3, R H, count W)}`` in [0, 1], ``R`` = 3 or 4 rows.
     """
     target = batch["image"][:count].detach().float()
-    prediction = pred["image"][:count].detach().float()
     mask = batch["keypoint_mask"][:count].detach().float()
     sparse = F.max_pool2d(target * mask, 3, 1, 1)
-    rows = [sparse, prediction.clamp(0, 1), target]
+    rows = [sparse]
+    for key in ("coarse", "image"):
+        if key in pred:
+            rows.append(pred[key][:count].detach().float().clamp(0, 1))
+    rows.append(target)
     rows = [r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r for r in rows]
     grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
     return {"inversion": grid.cpu()}
