@@ -2,6 +2,8 @@
 
 python evaluation.py synthetic_shapes --checkpoint logs/magicpoint/checkpoints/best.pt
 python evaluation.py hpatches --preset superpoint --features sift
+python evaluation.py inversion --checkpoint logs/inv/checkpoints/best.pt --images builtin \
+    --model sift --out outputs/inversion --keep 0.05 0.1 0.25 0.5 1.0
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ COMMANDS = {
     "hpatches": (
         "evaluators.hpatches:main",
         "HPatches sequences under a named published protocol (preset)",
+    ),
+    "inversion": (
+        "evaluators.inversion:main",
+        "feature inversion: MAE/PSNR/SSIM against mean-image and interpolation baselines",
     ),
 }
 

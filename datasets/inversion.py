@@ -100,6 +100,7 @@ class InversionDataset(Dataset):
         "scale": [256, 512],
         "hflip": True,
         "vflip": False,
+        # Short side of validation/evaluation images (0: their own size).
         "eval_size": 256,
         # Samples per epoch = repeat x images (each with its own random crop).
         "repeat": 1,
@@ -145,8 +146,9 @@ class InversionDataset(Dataset):
             raise UserError(
                 f"config key 'data.scale' must be [min, max] pixels, got {scale}"
             )
-        if conf["crop"] < 0 or (
-            conf["crop"] and min(scale[0], conf["eval_size"]) < conf["crop"]
+        smallest = min(scale[0], conf["eval_size"] or scale[0])
+        if conf["crop"] < 0 or conf["eval_size"] < 0 or (
+            conf["crop"] and smallest < conf["crop"]
         ):
             raise UserError(
                 f"config key 'data.crop' ({conf['crop']}) must be >= 0 and at most "
@@ -261,7 +263,7 @@ class InversionDataset(Dataset):
             short = int(round(rng.uniform(*conf["scale"])))
         else:
             short = conf["eval_size"]
-        resized = resize_short_side(image, short)
+        resized = resize_short_side(image, short) if short else image
         height, width = resized.shape[:2]
         x0 = y0 = 0
         if crop:
