@@ -147,8 +147,10 @@ class InversionDataset(Dataset):
                 f"config key 'data.scale' must be [min, max] pixels, got {scale}"
             )
         smallest = min(scale[0], conf["eval_size"] or scale[0])
-        if conf["crop"] < 0 or conf["eval_size"] < 0 or (
-            conf["crop"] and smallest < conf["crop"]
+        if (
+            conf["crop"] < 0
+            or conf["eval_size"] < 0
+            or (conf["crop"] and smallest < conf["crop"])
         ):
             raise UserError(
                 f"config key 'data.crop' ({conf['crop']}) must be >= 0 and at most "
@@ -420,7 +422,9 @@ def build_datasets(
 
 
 def fill_input_channels(
-    model_conf: dict[str, Any], dataset: InversionDataset, key: str = "model.in_channels"
+    model_conf: dict[str, Any],
+    dataset: InversionDataset,
+    key: str = "model.in_channels",
 ) -> None:
     """Set ``model_conf['in_channels']`` from the data when 0, else check that they agree.
 
