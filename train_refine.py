@@ -160,6 +160,13 @@ class RefineTrainer(Trainer):
     def train_step(
         self, batch: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+        if self.tconf["channels_last"]:
+            batch = {
+                k: v.contiguous(memory_format=torch.channels_last)
+                if isinstance(v, torch.Tensor) and v.dim() == 4
+                else v
+                for k, v in batch.items()
+            }
         with autocast(self.device, self.precision):
             pred = self.net(batch)
         allowed = self.step % self.model.loss_conf["d_every"] == 0
