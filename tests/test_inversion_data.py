@@ -202,3 +202,37 @@ def test_show_writes_a_grid(tmp_path):
     assert code == 0
     grid = cv2.imread(str(out))
     assert grid.shape[1] == 3 * 256 and grid.shape[0] == 2 * 256
+
+
+def test_online_superpoint_checkpoint_and_detector_only_refused(tmp_path):
+    from models import build_model
+
+    folder = _write_folder(tmp_path)
+    for name in ("superpoint", "magicpoint"):
+        conf = {"name": name, "channels": [8, 8, 16, 16], "head_channels": 16}
+        if name == "superpoint":
+            conf["descriptor_dim"] = 16
+        torch.manual_seed(0)
+        path = tmp_path / f"{name}.pt"
+        torch.save(
+            {"model": build_model(conf).state_dict(), "config": {"model": conf}}, path
+        )
+        data = _conf(
+            folder,
+            features="online",
+            extractor=str(path),
+            extractor_conf={"detection_threshold": 0.0, "top_k": 50},
+            crop=0,
+            eval_size=96,
+        )
+        if name == "magicpoint":
+            with pytest.raises(UserError, match="detector-only"):
+                InversionDataset(data, "val")
+            continue
+        dataset = InversionDataset(data, "val")
+        assert dataset.descriptor_dim == 16 and dataset.input_channels == 16 + 3 + 1
+        sample = dataset[0]
+        assert 0 < len(sample["keypoints"]) <= 50
+        mask = sample["keypoint_mask"][0] > 0
+        norms = sample["input"][:16, mask].norm(dim=0)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-4, rtol=0)
