@@ -50,7 +50,8 @@ class PerceptualLoss(nn.Module):
         reference = next(vgg.parameters())
         if reference.device != prediction.device:
             vgg.to(prediction.device)
-        both = imagenet_normalize(torch.cat([prediction, target.to(prediction.dtype)]))
+        # float32 in (see RefinerModel._discriminate): autocast still picks the conv dtype.
+        both = imagenet_normalize(torch.cat([prediction.float(), target.float()]))
         features = vgg(both, self.layers)
         total = prediction.new_zeros(())
         for name in self.layers:

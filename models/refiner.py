@@ -219,8 +219,11 @@ class RefinerModel(BaseModel):
         return {"image": torch.sigmoid(refined), "coarse": coarse}
 
     def _discriminate(self, image: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:
+        # float32 in: under autocast the convolutions still run in bf16/fp16, and outside
+        # it (validation computes the loss after an autocast forward) the dtypes agree.
+        image = image.float()
         if self.conf["discriminator"]["conditional"]:
-            image = torch.cat([image, data["input"].to(image.dtype)], 1)
+            image = torch.cat([image, data["input"].float()], 1)
         return self.discriminator(image)
 
     def discriminator_loss(
@@ -228,7 +231,7 @@ class RefinerModel(BaseModel):
     ) -> torch.Tensor:
         """GAN loss of the discriminator on the target (real) and ``pred['image']`` (fake,
         detached so no gradient reaches the generator). Scalar."""
-        real = self._discriminate(data["image"].to(pred["image"].dtype), data)
+        real = self._discriminate(data["image"], data)
         fake = self._discriminate(pred["image"].detach(), data)
         return self.gan.discriminator(real, fake)
 

@@ -17,7 +17,7 @@ from datasets.sparse_maps import (
     unpack_binary_descriptors,
 )
 from losses.image_quality import mae, psnr, ssim
-from losses.inversion import GANLoss, ReconstructionLoss
+from losses.inversion import GANLoss, PerceptualLoss, ReconstructionLoss
 from models.discriminator import build_discriminator
 from models.invnet import InvNet
 from models.unet import NestedUNet, UNet
@@ -293,3 +293,25 @@ def test_reconstruction_loss_terms_and_discriminators():
     assert patch.shape == (2, 1, 14, 14)
     disc = build_discriminator("patchgan", 3, [4, 8], "batch")
     assert len(list(disc.buffers())) == 0
+
+
+def test_perceptual_loss_is_frozen_unsaved_and_takes_any_float_dtype():
+    torch.manual_seed(0)
+    loss = PerceptualLoss(VGG16(), ["relu1_2", "relu2_2"])
+    criterion = ReconstructionLoss(1.0, 5.0, 0.0, loss)
+    assert len(criterion.state_dict()) == 0 and len(list(criterion.parameters())) == 0
+    target = torch.rand(2, 1, 32, 32)
+    assert loss(target, target).item() == 0.0
+    prediction = torch.rand(2, 1, 32, 32, requires_grad=True)
+    terms = criterion(prediction, target)
+    assert terms["total"].item() == pytest.approx(
+        terms["l1"].item() + 5 * terms["perceptual"].item(), rel=1e-5
+    )
+    terms["total"].backward()
+    assert torch.isfinite(prediction.grad).all()
+    # A bf16 prediction (from an autocast forward) works outside and inside autocast.
+    half = prediction.detach().bfloat16()
+    outside = loss(half, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss(half, target)
+    assert torch.isfinite(outside) and torch.isfinite(inside)

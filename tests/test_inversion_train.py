@@ -169,6 +169,16 @@ def test_refine_writes_both_optimisers_and_resumes_exactly(photos, refine_run):
     assert straight.d_updates == resumed.d_updates
 
 
+def test_refine_in_bf16_validates(photos, refine_run):
+    _, logdir, coarse = refine_run
+    trainer = train_refine.run(
+        refine_args(
+            photos, logdir, "bf16", coarse, "train.max_steps=1", "train.precision=bf16"
+        )
+    )
+    assert trainer.precision == "bf16" and trainer.step == 1
+
+
 def test_one_network_update_leaves_the_other_unchanged(refine_run):
     trainer = refine_run[0]
     model = trainer.model
