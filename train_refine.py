@@ -78,6 +78,8 @@ class RefineTrainer(Trainer):
     model: RefinerModel
 
     def build_optimizers(self) -> None:
+        """Generator optimiser (``train``) and discriminator optimiser
+        (``train.discriminator``), each with the run's learning-rate schedule."""
         if self.dist.enabled:
             raise UserError(
                 "train_refine.py runs in one process: start it without torchrun"
@@ -92,6 +94,7 @@ class RefineTrainer(Trainer):
         self.d_updates = 0
 
     def extra_state(self) -> dict[str, Any]:
+        """The discriminator's optimiser, schedule and update count."""
         return {
             "d_optimizer": self.d_optimizer.state_dict(),
             "d_scheduler": self.d_scheduler.state_dict(),
@@ -99,6 +102,7 @@ class RefineTrainer(Trainer):
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`; a checkpoint without it is refused."""
         if "d_optimizer" not in state:
             raise UserError(
                 "checkpoint has no discriminator optimiser state: resume a refiner "
@@ -160,6 +164,8 @@ class RefineTrainer(Trainer):
     def train_step(
         self, batch: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+        """One GAN step (see module docstring); logs the discriminator's loss and
+        whether it stepped (``d_step``) next to the generator's terms."""
         if self.tconf["channels_last"]:
             batch = {
                 k: v.contiguous(memory_format=torch.channels_last)

@@ -90,7 +90,9 @@ def train_throughput(
     return batch * steps / (time.perf_counter() - start)
 
 
-def loader_throughput(conf: dict, samples: int, extractor=None) -> float:
+def loader_throughput(
+    conf: dict, samples: int, extractor: OpenCVExtractor | None = None
+) -> float:
     """Samples/s of the training data pipeline in one process."""
     dataset = InversionDataset(conf, "train", extractor=extractor)
     dataset[0]

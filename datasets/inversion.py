@@ -218,6 +218,7 @@ class InversionDataset(Dataset):
 
     @property
     def color_channels(self) -> int:
+        """Channels of the target and of the keypoint colours: 3 (rgb) or 1 (gray)."""
         return 3 if self.conf["color"] == "rgb" else 1
 
     @property
@@ -245,12 +246,14 @@ class InversionDataset(Dataset):
 
     # ------------------------------------------------------------- samples
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random draws training samples use."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.sources) * self.conf["repeat"]
 
     def rng(self, index: int) -> np.random.Generator:
+        """The random generator of sample ``index`` (a function of seed, epoch, index)."""
         # Validation draws from epoch 0 of its own stream whatever the training epoch.
         epoch = self.epoch if self.split == "train" else 0
         stream = 0 if self.split == "train" else 1

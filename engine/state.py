@@ -157,6 +157,7 @@ class PlateauScale:
         return changed
 
     def state_dict(self) -> dict[str, Any]:
+        """Scale, best value and count of validations without improvement."""
         return {"scale": self.scale, "best": self.best, "bad": self.bad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -190,6 +190,7 @@ class RefinerModel(BaseModel):
             ) from None
 
     def train(self, mode: bool = True) -> RefinerModel:
+        """``nn.Module.train``, keeping a frozen coarse network in eval mode."""
         super().train(mode)
         if not self.conf["finetune_coarse"]:
             # A frozen coarse network keeps its BatchNorm statistics and disables dropout.
