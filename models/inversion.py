@@ -105,6 +105,13 @@ def build_network(conf: dict[str, Any], in_channels: int | None = None) -> nn.Mo
     )
 
 
+def output_layer(network: nn.Module) -> nn.Conv2d:
+    """The convolution producing a network's image logits (``head``, or InvNet's last)."""
+    if isinstance(network, InvNet):
+        return network.decoder[-1]
+    return network.head
+
+
 def run_padded(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``network(x)`` on ``x`` zero-padded to a multiple of ``network.stride``, cropped back.
 

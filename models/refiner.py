@@ -6,7 +6,10 @@
   (``model.coarse_checkpoint``), whose architecture must match ``model.coarse``; frozen (eval
   mode, no gradients) unless ``model.finetune_coarse``;
 * ``generator``: a network of :func:`models.inversion.build_network` reading the coarse image
-  concatenated with the sparse input (``C_out_coarse + C_in`` channels);
+  concatenated with the sparse input (``C_out_coarse + C_in`` channels). With
+  ``model.residual`` (default) its output is added to the coarse network's logits and its
+  output layer starts at zero, so training starts from the coarse image instead of from
+  noise (a refiner trained for a few hundred steps otherwise stays below its input);
 * ``discriminator``: ``invsfm`` conv blocks or ``patchgan`` (:mod:`models.discriminator`),
   seeing the image alone or, with ``discriminator.conditional``, the image concatenated
   with the sparse input.
@@ -37,6 +40,7 @@ from models.inversion import (
     check_network_conf,
     image_metrics,
     load_perceptual,
+    output_layer,
     run_padded,
 )
 from utils.errors import UserError
@@ -62,6 +66,8 @@ class RefinerModel(BaseModel):
         "coarse_checkpoint": None,
         # Train the coarse network with the refiner (False: frozen, eval mode).
         "finetune_coarse": False,
+        # Refine as a correction of the coarse logits, starting at zero (see docstring).
+        "residual": True,
         "discriminator": {
             "type": "patchgan",
             "widths": [64, 128, 256, 512],
@@ -123,6 +129,10 @@ class RefinerModel(BaseModel):
         if self.loss_conf["perceptual"] <= 0:
             self.criterion = self._criterion(None)
         self.coarse.requires_grad_(conf["finetune_coarse"])
+        if conf["residual"]:
+            head = output_layer(self.generator)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
 
     def _check_loss_conf(self) -> None:
         conf = self.loss_conf
@@ -213,10 +223,13 @@ class RefinerModel(BaseModel):
         with torch.set_grad_enabled(
             torch.is_grad_enabled() and self.conf["finetune_coarse"]
         ):
-            coarse = torch.sigmoid(run_padded(self.coarse, sparse))
+            coarse_logits = run_padded(self.coarse, sparse)
+        coarse = torch.sigmoid(coarse_logits)
         refined = run_padded(
             self.generator, torch.cat([coarse.to(sparse.dtype), sparse], 1)
         )
+        if self.conf["residual"]:
+            refined = refined + coarse_logits
         return {"image": torch.sigmoid(refined), "coarse": coarse}
 
     def _discriminate(self, image: torch.Tensor, data: dict[str, Any]) -> torch.Tensor:

@@ -23,8 +23,8 @@ OUT=${OUT:-outputs/inversion_demo}
 PREFIX=${PREFIX:-invdemo}
 FEATURES=${FEATURES:-"sift r2d2"}   # r2d2 = the Fast-R2D2 of step 2
 R2D2_STEPS=${R2D2_STEPS:-60}         # Fast-R2D2 training steps (crop 64, batch 4)
-COARSE_STEPS=${COARSE_STEPS:-1200}
-REFINE_STEPS=${REFINE_STEPS:-400}
+COARSE_STEPS=${COARSE_STEPS:-1000}
+REFINE_STEPS=${REFINE_STEPS:-300}
 MAX_SIZE=${MAX_SIZE:-640}            # features extracted with the long side <= MAX_SIZE
 TOP_K=${TOP_K:-2000}                 # keypoints per feature file
 KEEP=${KEEP:-"0.05 0.1 0.25 0.5 1.0"}

@@ -315,3 +315,25 @@ def test_perceptual_loss_is_frozen_unsaved_and_takes_any_float_dtype():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = loss(half, target)
     assert torch.isfinite(outside) and torch.isfinite(inside)
+
+
+@pytest.mark.parametrize("arch", ["unet", "invnet"])
+def test_residual_refiner_starts_at_the_coarse_image(arch):
+    from models.refiner import RefinerModel
+
+    widths = [4, 8] if arch == "unet" else [4, 4, 4, 4, 4, 4]
+    conf = {
+        "arch": arch,
+        "in_channels": 5,
+        "widths": widths,
+        "coarse": {"arch": "unet", "in_channels": 5, "widths": [4, 8]},
+        "discriminator": {"widths": [4, 8]},
+    }
+    torch.manual_seed(0)
+    sparse = {"input": torch.randn(2, 5, 64, 64)}
+    refiner = RefinerModel(conf, {"perceptual": 0.0}).eval()
+    pred = refiner(sparse)
+    torch.testing.assert_close(pred["image"], pred["coarse"], rtol=0, atol=1e-6)
+    plain = RefinerModel({**conf, "residual": False}, {"perceptual": 0.0}).eval()
+    pred = plain(sparse)
+    assert (pred["image"] - pred["coarse"]).abs().max() > 1e-3
