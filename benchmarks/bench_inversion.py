@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.common import native_precisions, print_header
 from datasets.features import write_features
 from datasets.inversion import InversionDataset, export_builtin
 from engine.state import seed_everything
@@ -33,24 +34,6 @@ NETWORKS = {
     "unet": [16, 32, 64, 128],
     "invnet": [16, 32, 64, 64, 128, 128],
 }
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_line() -> str:
-    """``CPU: <model>, flags: ...`` from /proc/cpuinfo (what decides the fast paths)."""
-    name, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name == "unknown":
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = " ".join(
-        f"{flag}={'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS
-    )
-    return f"CPU: {name}, {torch.get_num_threads()} threads, {present}"
 
 
 def train_throughput(
@@ -83,7 +66,8 @@ def train_throughput(
         losses["total"].backward()
         optimizer.step()
 
-    step()
+    for _ in range(2):
+        step()
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -127,12 +111,11 @@ def main() -> None:
         "--samples", type=int, default=40, help="samples timed per loader variant"
     )
     args = parser.parse_args()
-    print(cpu_line())
-    print(
-        f"torch {torch.__version__}, batch {args.batch_size}, {args.size}x{args.size}"
-    )
+    print_header(f"Feature inversion: batch {args.batch_size}, {args.size}x{args.size}")
+    precisions = native_precisions()
     print("\n1) training step (fixed batch, L1 loss): images/s, ratio to plain fp32")
-    print(f"{'network':>8} {'format':>14} {'fp32':>8} {'bf16':>8}  ratios fp32 / bf16")
+    header = " ".join(f"{p:>8}" for p in precisions)
+    print(f"{'network':>8} {'format':>14} {header}  ratio to plain fp32")
     best = {}
     for arch in NETWORKS:
         baseline = None
@@ -146,15 +129,13 @@ def main() -> None:
                     args.steps,
                     args.size,
                 )
-                for precision in ("fp32", "bf16")
+                for precision in precisions
             }
             baseline = baseline or speeds["fp32"]
             fmt = "channels_last" if channels_last else "contiguous"
-            print(
-                f"{arch:>8} {fmt:>14} {speeds['fp32']:8.2f} {speeds['bf16']:8.2f}  "
-                f"{speeds['fp32'] / baseline:.2f}x / {speeds['bf16'] / baseline:.2f}x",
-                flush=True,
-            )
+            values = " ".join(f"{v:8.2f}" for v in speeds.values())
+            ratios = " / ".join(f"{v / baseline:.2f}x" for v in speeds.values())
+            print(f"{arch:>8} {fmt:>14} {values}  {ratios}", flush=True)
             for precision, speed in speeds.items():
                 if speed > best.get(arch, (0.0, ""))[0]:
                     best[arch] = (speed, f"{precision}, {fmt}")

@@ -28,6 +28,9 @@ REFINE_STEPS=${REFINE_STEPS:-300}
 MAX_SIZE=${MAX_SIZE:-640}            # features extracted with the long side <= MAX_SIZE
 TOP_K=${TOP_K:-2000}                 # keypoints per feature file
 KEEP=${KEEP:-"0.05 0.1 0.25 0.5 1.0"}
+FIGURE=${FIGURE:-}                   # e.g. docs/inversion_demo.png: a small figure of
+FIGURE_KEEP=${FIGURE_KEEP:-0.25}     # the FIGURE_FEATURES grid at this kept fraction
+FIGURE_FEATURES=${FIGURE_FEATURES:-sift}
 PRECISION=${PRECISION:-auto}
 DEVICE=${DEVICE:-cpu}
 # Extra key=value overrides of the two inversion trainings (tests shrink the networks).
@@ -83,6 +86,21 @@ for tag in $FEATURES; do
     --refiner "$(last_ckpt "$refine")" --images "$PHOTOS/test" --features "$tag" \
     --train-images "$PHOTOS/train" --keep $KEEP --out "$OUT/$tag" --device "$DEVICE"
 done
+
+if [ -n "$FIGURE" ]; then
+  $PYTHON - "$OUT/$FIGURE_FEATURES/grid_keep${FIGURE_KEEP}.png" "$FIGURE" <<'EOF'
+import os, sys
+import cv2
+grid = cv2.imread(sys.argv[1])
+# Header strip plus the first three of the five test images, 640 px wide (< 200 KB).
+rows = grid[: 22 + 3 * (grid.shape[0] - 22) // 5]
+small = cv2.resize(rows, (640, round(rows.shape[0] * 640 / rows.shape[1])),
+                   interpolation=cv2.INTER_AREA)
+os.makedirs(os.path.dirname(sys.argv[2]) or ".", exist_ok=True)
+cv2.imwrite(sys.argv[2], small, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+print(f"wrote {sys.argv[2]} ({os.path.getsize(sys.argv[2]) // 1024} KB)")
+EOF
+fi
 
 for tag in $FEATURES; do
   echo
