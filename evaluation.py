@@ -3,6 +3,8 @@
 python evaluation.py synthetic_shapes --checkpoint logs/magicpoint/checkpoints/best.pt
 python evaluation.py hpatches --preset superpoint --features sift
 python evaluation.py pointcloud --focal-model F.pt --shift-model S.pt --depth data/pc_test
+python evaluation.py inversion --checkpoint logs/inv/checkpoints/best.pt --images builtin \
+    --model sift --out outputs/inversion --keep 0.05 0.1 0.25 0.5 1.0
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ COMMANDS = {
     "pointcloud": (
         "evaluators.pointcloud:main",
         "recover focal length and depth shift of depth maps (LeReS); score and write .ply",
+    ),
+    "inversion": (
+        "evaluators.inversion:main",
+        "feature inversion: MAE/PSNR/SSIM against mean-image and interpolation baselines",
     ),
 }
 

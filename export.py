@@ -3,6 +3,8 @@
 python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
     --images data/COCO --out data/coco_ha --checkpoint logs/magicpoint/checkpoints/best.pt
 python export.py onnx --checkpoint pretrained/superpoint_v1.pth --out superpoint.onnx
+python export.py reconstruct --checkpoint logs/inv/checkpoints/best.pt --images DIR \
+    --features sift --out outputs/reconstructed
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ COMMANDS = {
     "onnx": (
         "export:onnx_main",
         "SuperPoint/MagicPoint network + heads to ONNX (heatmap, dense descriptors)",
+    ),
+    "reconstruct": (
+        "pipelines.reconstruction:export_main",
+        "feature inversion: reconstructed PNGs from sparse features (coarse/refiner)",
     ),
 }
 

@@ -11,6 +11,7 @@ DATASETS = {
     "image_folder": "datasets.image_folder:ImageFolder",
     "superpoint_pairs": "datasets.superpoint_pairs:SuperPointPairs",
     "r2d2_pairs": "datasets.r2d2_pairs:R2D2PairDataset",
+    "inversion": "datasets.inversion:InversionDataset",
 }
 
 

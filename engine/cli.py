@@ -159,11 +159,13 @@ def train(
     resume: Path | None,
     build: Callable[[dict[str, Any]], tuple[Any, Any, Any]],
     panels: Callable | None = None,
+    trainer_cls: type[Trainer] = Trainer,
 ) -> Trainer:
     """Join the process group, build ``(model, train_set, val_set)`` and train.
 
     ``build(conf)`` is the task's part; everything else is shared. The seed is set before it
-    runs, so a run's initial weights depend only on ``train.seed``.
+    runs, so a run's initial weights depend only on ``train.seed``. ``trainer_cls`` is a
+    :class:`Trainer` subclass for tasks with their own step (the GAN refiner).
     """
     dist_info, device = init_distributed(conf["train"]["device"])
     try:
@@ -177,7 +179,7 @@ def train(
         model, train_set, val_set = build(conf)
         if init:
             init_from(model, init, dist_info.rank)
-        trainer = Trainer(
+        trainer = trainer_cls(
             conf,
             model,
             train_set,

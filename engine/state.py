@@ -20,7 +20,7 @@ from utils.io import load_checkpoint
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
-SCHEDULES = ("constant", "cosine", "linear", "multistep")
+SCHEDULES = ("constant", "cosine", "linear", "multistep", "cosine_restarts", "plateau")
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,9 +100,70 @@ def lr_factor(step: int, conf: dict[str, Any], max_steps: int) -> float:
         return floor + (1 - floor) * (1 - progress)
     if kind == "multistep":
         return sched["gamma"] ** sum(step >= m for m in sched["milestones"])
+    if kind == "cosine_restarts":
+        # SGDR (Loshchilov and Hutter 2017): cosine cycles of `period` steps, each
+        # `period_mult` times longer than the last, restarting at the base rate.
+        if sched["period"] < 1 or sched["period_mult"] < 1:
+            raise UserError(
+                "config keys 'train.lr_schedule.period' and 'period_mult' must be >= 1"
+            )
+        position, length = step - warmup, sched["period"]
+        while position >= length:
+            position -= length
+            length *= sched["period_mult"]
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * position / length))
+    if kind == "plateau":
+        # Stateful: the Trainer multiplies this by its PlateauScale.
+        return 1.0
     raise UserError(
         f"config key 'train.lr_schedule.type': '{kind}' is not one of {SCHEDULES}"
     )
+
+
+class PlateauScale:
+    """Learning-rate multiplier for ``lr_schedule.type: plateau`` (reduce on plateau).
+
+    After every validation, :meth:`update` compares the monitored metric with the best so
+    far; when it has not improved by more than ``threshold`` (relative) for ``patience``
+    validations in a row, the scale is multiplied by ``gamma``, never going below
+    ``floor``. Its state is saved in checkpoints so a resumed run continues exactly.
+    """
+
+    def __init__(
+        self, gamma: float, patience: int, threshold: float, mode: str, floor: float
+    ):
+        self.gamma, self.patience, self.threshold = gamma, patience, threshold
+        self.mode, self.floor = mode, floor
+        self.scale, self.best, self.bad = 1.0, None, 0
+
+    def update(self, value: float) -> bool:
+        """Record a validation value; returns True when the scale was lowered."""
+        if not math.isfinite(value):
+            return False
+        margin = abs(self.best) * self.threshold if self.best is not None else 0.0
+        improved = self.best is None or (
+            value < self.best - margin
+            if self.mode == "min"
+            else value > self.best + margin
+        )
+        if improved:
+            self.best, self.bad = value, 0
+            return False
+        self.bad += 1
+        if self.bad < self.patience:
+            return False
+        self.bad = 0
+        lowered = max(self.floor, self.scale * self.gamma)
+        changed = lowered < self.scale
+        self.scale = lowered
+        return changed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Scale, best value and count of validations without improvement."""
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale, self.best, self.bad = state["scale"], state["best"], state["bad"]
 
 
 def latest_checkpoint(exp_dir: str | Path) -> Path | None:

@@ -18,7 +18,9 @@ panels. The engine owns everything else:
 * devices, autocast (bf16/fp16) and DistributedDataParallel through ``torchrun``.
 
 Tasks needing a different step (e.g. a GAN alternating two optimisers) subclass
-:class:`Trainer` and override :meth:`Trainer.train_step`.
+:class:`Trainer` and override :meth:`Trainer.train_step`, :meth:`Trainer.build_optimizers`
+(more optimisers, each with :meth:`Trainer.make_scheduler`) and :meth:`Trainer.extra_state` /
+:meth:`Trainer.load_extra_state` (what else a checkpoint holds).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from engine.data import ResumableSampler, collate
 from engine.devices import autocast, move_to_device, resolve_precision
 from engine.distributed import DistInfo, all_reduce_sums
 from engine.state import (
+    PlateauScale,
     build_optimizer,
     check_training_checkpoint,
     first_state_mismatch,
@@ -69,11 +72,20 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],
     "momentum": 0.9,
     "lr_schedule": {
+        # constant | cosine | linear | multistep | cosine_restarts | plateau
         "type": "constant",
         "warmup_steps": 0,
         "min_lr_ratio": 0.0,
         "milestones": [],
+        # multistep: factor per milestone; plateau: factor per reduction.
         "gamma": 0.1,
+        # cosine_restarts: first cycle length in steps, and growth of each next cycle.
+        "period": 1000,
+        "period_mult": 1,
+        # plateau: validations without a relative improvement > threshold of
+        # train.best_metric (in train.best_mode) before the rate is multiplied by gamma.
+        "patience": 3,
+        "threshold": 1e-4,
     },
     "grad_clip": 0.0,
     "log_every": 25,
@@ -156,17 +168,23 @@ class Trainer:
             # Only the network's forward is compiled; the parameters stay those of
             # self.model, so checkpoints and --resume are the same as without it.
             self.net = torch.compile(self.net)
-        self.optimizer = build_optimizer(self.model.parameters(), self.tconf)
         self.max_steps = self.tconf["max_steps"]
         if self.tconf["epochs"] > 0:
             per_epoch = len(train_set) // (
                 self.tconf["batch_size"] * dist_info.world_size
             )
             self.max_steps = self.tconf["epochs"] * per_epoch
-        max_steps = self.max_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.tconf, max_steps)
-        )
+        sched = self.tconf["lr_schedule"]
+        self.plateau: PlateauScale | None = None
+        if sched["type"] == "plateau":
+            self.plateau = PlateauScale(
+                sched["gamma"],
+                sched["patience"],
+                sched["threshold"],
+                self.tconf["best_mode"],
+                sched["min_lr_ratio"],
+            )
+        self.build_optimizers()
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.precision == "fp16"
         )
@@ -201,6 +219,35 @@ class Trainer:
             # by the resumed run; purging them keeps one curve instead of two overlapping.
             purge = None if self.resumed_from is None else self.resumed_from + 1
             self.writer = SummaryWriter(log_dir=str(self.exp_dir), purge_step=purge)
+
+    # ------------------------------------------------------------ optimisers
+    def build_optimizers(self) -> None:
+        """Create ``self.optimizer`` and ``self.scheduler`` (before any resume).
+
+        A task with more optimisers (the GAN refiner) overrides this, builds the others
+        with :meth:`make_scheduler` and saves them through :meth:`extra_state`.
+        """
+        self.optimizer = build_optimizer(self.model.parameters(), self.tconf)
+        self.scheduler = self.make_scheduler(self.optimizer)
+
+    def make_scheduler(
+        self, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.lr_scheduler.LambdaLR:
+        """The ``train.lr_schedule`` of this run for ``optimizer`` (one step per update)."""
+        max_steps = self.max_steps
+
+        def factor(step: int) -> float:
+            scale = self.plateau.scale if self.plateau is not None else 1.0
+            return lr_factor(step, self.tconf, max_steps) * scale
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Additional checkpoint entries of a subclass (saved under ``"extra"``)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved (``{}`` for checkpoints without it)."""
 
     # ------------------------------------------------------------------ data
     def _loader(
@@ -355,6 +402,7 @@ class Trainer:
                 ):
                     last_val = self.validate()
                     self._update_best(last_val)
+                    self._update_plateau(last_val)
                     self.model.train()
                 if self.step % self.tconf["save_every"] == 0 or self.step == max_steps:
                     self.save()
@@ -460,8 +508,29 @@ class Trainer:
             if self.dist.is_main:
                 atomic_torch_save(self._state(), self.ckpt_dir / "best.pt")
 
+    def _update_plateau(self, results: dict[str, float]) -> None:
+        key = self.tconf["best_metric"]
+        if self.plateau is None or key not in results:
+            return
+        if self.plateau.update(results[key]) and self.dist.is_main:
+            tqdm.write(
+                f"[step {self.step}] {key} has not improved for "
+                f"{self.plateau.patience} validations: learning rate x "
+                f"{self.plateau.scale:.3g} of the schedule"
+            )
+
     # ---------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
+        state = self._base_state()
+        # Written only when used, so other runs' checkpoints keep their exact layout.
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        extra = self.extra_state()
+        if extra:
+            state["extra"] = extra
+        return state
+
+    def _base_state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -509,6 +578,9 @@ class Trainer:
             ) from None
         self.step, self.best = int(ckpt["step"]), ckpt.get("best")
         self.nan_streak = ckpt.get("nan_streak", 0)
+        if self.plateau is not None and "plateau" in ckpt:
+            self.plateau.load_state_dict(ckpt["plateau"])
+        self.load_extra_state(ckpt.get("extra", {}))
         self.resumed_from = self.step
         if self.dist.is_main:
             print(f"resumed from step {self.step} ({path})")

@@ -18,6 +18,8 @@ MODELS = {
     "magicpoint": "models.superpoint:MagicPoint",
     "superpoint": "models.superpoint:SuperPoint",
     "r2d2": "models.r2d2:R2D2",
+    "inversion": "models.inversion:InversionModel",
+    "refiner": "models.refiner:RefinerModel",
 }
 
 
