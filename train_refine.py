@@ -35,7 +35,7 @@ from datasets.inversion import (
     build_datasets,
     fill_input_channels,
 )
-from engine.cli import main_from, parse, resolve_run, train
+from engine.cli import check_init_weights, main_from, parse, resolve_run, train
 from engine.devices import autocast
 from engine.state import build_optimizer
 from engine.trainer import TRAIN_DEFAULTS, Trainer
@@ -195,6 +195,7 @@ def run(argv: Sequence[str] | None = None) -> Trainer:
             "config key 'model.name': train_refine.py trains 'refiner', "
             f"got {conf['model']['name']!r}"
         )
+    check_init_weights(conf, resume)  # the files named on the command line first
     coarse = conf["model"]["coarse_checkpoint"]
     if not coarse and resume is None:
         raise UserError(

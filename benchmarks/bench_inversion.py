@@ -14,7 +14,6 @@ training step's images/s from part 1, to show how many loader workers a run need
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from datasets.inversion import InversionDataset, export_builtin
 from engine.state import seed_everything
 from models.classical import OpenCVExtractor
 from models.inversion import InversionModel
+from utils.arguments import ArgumentParser
 
 NETWORKS = {
     "unet": [16, 32, 64, 128],
@@ -103,7 +103,7 @@ def write_sift_files(folder: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=4, help="training batch")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--size", type=int, default=256, help="training crop side")

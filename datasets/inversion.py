@@ -489,15 +489,13 @@ def export_builtin(folder: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.inversion --show | --export-builtin DIR`` (see module docstring)."""
-    import argparse
-
+    from utils.arguments import ArgumentParser
     from utils.errors import run_cli
     from utils.io import atomic_write
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m datasets.inversion",
         description="Show feature-inversion samples, or write the built-in photographs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--show", action="store_true", help="write a grid of samples")
     parser.add_argument(

@@ -170,12 +170,7 @@ def train(
     dist_info, device = init_distributed(conf["train"]["device"])
     try:
         seed_everything(conf["train"]["seed"], dist_info.rank)
-        init = None if resume else conf["train"]["init_weights"]
-        if init and not Path(init).is_file():
-            raise UserError(f"train.init_weights: '{init}' does not exist")
-        if init:
-            # Read once before building the data, so a corrupt file fails fast.
-            load_checkpoint(init)
+        init = check_init_weights(conf, resume)
         model, train_set, val_set = build(conf)
         if init:
             init_from(model, init, dist_info.rank)
@@ -195,6 +190,17 @@ def train(
         return trainer
     finally:
         cleanup_distributed()
+
+
+def check_init_weights(conf: dict[str, Any], resume: Path | None) -> str | None:
+    """The ``train.init_weights`` a fresh run starts from (None when resuming or unset),
+    read once so that a missing or corrupt file fails before any data is built."""
+    init = None if resume else conf["train"]["init_weights"]
+    if init and not Path(init).is_file():
+        raise UserError(f"train.init_weights: '{init}' does not exist")
+    if init:
+        load_checkpoint(init)
+    return init
 
 
 def init_from(model: Any, path: str, rank: int = 0) -> None:

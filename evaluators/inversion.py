@@ -25,7 +25,6 @@ computed first and written at the end, each file atomically.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from typing import Any
@@ -48,6 +47,7 @@ from pipelines.reconstruction import (
     evaluation_dataset,
     load_networks,
 )
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, atomic_write_text, ensure_writable_dir
 
@@ -221,11 +221,10 @@ def sweep_png(summary: dict[str, Any]) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``evaluation.py inversion`` (see the module docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="evaluation.py inversion",
         description="MAE/PSNR/SSIM of feature inversion against the mean-image and "
         "colour-interpolation baselines, per kept fraction of the keypoints.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_input_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")

@@ -30,6 +30,7 @@ from datasets.inversion import InversionDataset
 from engine.devices import resolve_device
 from models.inversion import InversionModel, to_uint8_image
 from models.refiner import RefinerModel
+from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, ensure_writable_dir, load_checkpoint
 
@@ -205,11 +206,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_main(argv: list[str] | None = None) -> int:
     """``export.py reconstruct``: one reconstructed PNG per image (see module docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="export.py reconstruct",
         description="Reconstruct images from their sparse features; writes "
         "<out>/<image name>.png (the refined image when --refiner is given).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_input_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
