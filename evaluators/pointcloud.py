@@ -239,7 +239,8 @@ def predict(
     draws: int = 1,
 ) -> float:
     """The model's prediction for ``depth`` unprojected with ``K``, averaged over ``draws``
-    independent samplings of the cloud's points (one batch)."""
+    independent samplings of the cloud's points (one batch); ratios (focal, scale) are
+    averaged geometrically, as the log-space models regress them."""
     points = [
         cloud_input(
             depth,
@@ -252,7 +253,10 @@ def predict(
         for _ in range(draws)
     ]
     batch = {"points": torch.from_numpy(np.stack(points)).to(device)}
-    return float(model(batch)["value"].mean())
+    values = model(batch)["value"].double()
+    if conf["model"]["target"] == "shift":
+        return float(values.mean())
+    return float(values.log().mean().exp())
 
 
 def recover(
@@ -280,9 +284,9 @@ def recover(
 
     focal_model, shift_model = models["focal"], models["shift"]
     focal1 = focal0 / predict(
-        *focal_model, normalised, valid, K_of(focal0), rng, device
+        *focal_model, normalised, valid, K_of(focal0), rng, device, draws
     )
-    shift = predict(*shift_model, normalised, valid, K_of(focal1), rng, device)
+    shift = predict(*shift_model, normalised, valid, K_of(focal1), rng, device, draws)
     # The exact shift is always below the smallest normalised depth; keep depths positive.
     shift = min(shift, float(normalised[valid].min()) - 1e-3)
     corrected = np.where(valid, normalised - shift, 0).astype(np.float32)

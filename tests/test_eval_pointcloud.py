@@ -10,7 +10,8 @@ import torch
 
 import data_gen
 import evaluation
-from evaluators.pointcloud import recover
+from evaluators import pointcloud as pointcloud_eval
+from evaluators.pointcloud import predict, recover
 from geometry.camera import fov_to_focal, valid_depth_mask
 from models.pointcloud_nets import build_cloud_model
 from utils.io import atomic_torch_save
@@ -52,6 +53,34 @@ def test_focal_then_shift_then_focal():
     np.testing.assert_allclose(
         result["corrected"], result["normalised"] - 0.1, atol=1e-6
     )
+
+
+def test_draws_average_every_prediction(monkeypatch):
+    """``draws`` samplings per prediction, in all three passes; ratios averaged
+    geometrically (the same clouds one at a time give the same values: eval mode)."""
+    torch.manual_seed(0)
+    depth = np.random.default_rng(0).uniform(1, 5, (24, 32))
+    valid = valid_depth_mask(depth)
+    model = build_cloud_model({**TINY, "target": "focal", "log_space": True}).eval()
+    conf = {"model": model.conf, "data": {"num_points": 64}}
+    K = np.array([[30.0, 0, 15.5], [0, 30.0, 11.5], [0, 0, 1]])
+    cpu = torch.device("cpu")
+    averaged = predict(model, conf, depth, valid, K, np.random.default_rng(3), cpu, 4)
+    rng = np.random.default_rng(3)
+    singles = [predict(model, conf, depth, valid, K, rng, cpu) for _ in range(4)]
+    assert len(set(singles)) == 4  # the draws differ
+    assert averaged == pytest.approx(np.exp(np.mean(np.log(singles))), rel=1e-5)
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return 1.0
+
+    monkeypatch.setattr(pointcloud_eval, "predict", spy)
+    models = {"focal": (model, conf), "shift": (model, conf)}
+    recover(depth, valid, models, 60.0, np.random.default_rng(0), cpu, draws=5)
+    assert seen == [5, 5, 5]
 
 
 @pytest.fixture(scope="module")
