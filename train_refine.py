@@ -166,13 +166,7 @@ class RefineTrainer(Trainer):
     ) -> tuple[dict[str, torch.Tensor], dict, bool]:
         """One GAN step (see module docstring); logs the discriminator's loss and
         whether it stepped (``d_step``) next to the generator's terms."""
-        if self.tconf["channels_last"]:
-            batch = {
-                k: v.contiguous(memory_format=torch.channels_last)
-                if isinstance(v, torch.Tensor) and v.dim() == 4
-                else v
-                for k, v in batch.items()
-            }
+        batch = self.memory_format(batch)
         with autocast(self.device, self.precision):
             pred = self.net(batch)
         allowed = self.step % self.model.loss_conf["d_every"] == 0

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import native_precisions, print_header
+from benchmarks.common import items_per_second, native_precisions, print_header
 from datasets.features import write_features
 from datasets.inversion import InversionDataset, export_builtin
 from engine.state import seed_everything
@@ -66,12 +66,7 @@ def train_throughput(
         losses["total"].backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    return items_per_second(step, batch, steps)
 
 
 def loader_throughput(

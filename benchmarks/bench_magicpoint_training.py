@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import torch
 
-from benchmarks.common import native_precisions, print_header
+from benchmarks.common import items_per_second, native_precisions, print_header
 from datasets.synthetic_shapes import SyntheticShapes
 from engine.distributed import DistInfo
 from engine.state import seed_everything
@@ -71,12 +70,7 @@ def compute_throughput(
         detector_loss(pred["logits"], keypoint_map).backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    return items_per_second(step, batch, steps)
 
 
 def engine_run(

@@ -43,3 +43,15 @@ def interleaved_medians(
                 fn()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def items_per_second(
+    step: Callable[[], None], items: int, steps: int, warmup: int = 2
+) -> float:
+    """Items/s of ``step`` (``items`` per call) over ``steps`` timed calls after ``warmup``."""
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return items * steps / (time.perf_counter() - start)

@@ -286,15 +286,20 @@ class Trainer:
             epoch, start = epoch + 1, 0
 
     # ------------------------------------------------------------- training
+    def memory_format(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with its image tensors (4-D) channels-last when ``train.channels_last``."""
+        if not self.tconf["channels_last"]:
+            return batch
+        return {
+            k: v.contiguous(memory_format=torch.channels_last)
+            if isinstance(v, torch.Tensor) and v.dim() == 4
+            else v
+            for k, v in batch.items()
+        }
+
     def forward_loss(self, batch: dict[str, Any]):
         """Forward pass and loss under autocast: ``(pred, losses, metrics)``."""
-        if self.tconf["channels_last"]:
-            batch = {
-                k: v.contiguous(memory_format=torch.channels_last)
-                if isinstance(v, torch.Tensor) and v.dim() == 4
-                else v
-                for k, v in batch.items()
-            }
+        batch = self.memory_format(batch)
         with autocast(self.device, self.precision):
             pred = self.net(batch)
         losses, metrics = self.model.loss(pred, batch)

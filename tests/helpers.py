@@ -58,3 +58,21 @@ def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
         (p - q).abs().max().item()
         for p, q in zip(a.state_dict().values(), b.state_dict().values())
     )
+
+
+def write_photos(folder, names=("chelsea", "coffee", "astronaut"), size=(128, 96)):
+    """Small real photographs from scikit-image as ``<folder>/<name>.png`` (BGR PNGs).
+
+    ``size`` is OpenCV's (width, height). Returns ``folder``."""
+    from pathlib import Path
+
+    import cv2
+    import skimage.data
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        image = getattr(skimage.data, name)()
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{name}.png"), small[..., ::-1])
+    return folder

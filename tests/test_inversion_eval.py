@@ -20,24 +20,15 @@ import train_reconstruct
 import train_refine
 from engine.state import latest_checkpoint
 from pipelines.reconstruction import evaluation_dataset, load_networks
+from tests.helpers import write_photos
 from tests.test_inversion_train import coarse_args, refine_args
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three small photographs, a 2-step coarse and a 2-step refiner checkpoint."""
-    import skimage.data
-
     root = tmp_path_factory.mktemp("inversion_eval")
-    photos = root / "photos"
-    photos.mkdir()
-    for name, image in (
-        ("chelsea", skimage.data.chelsea()),
-        ("coffee", skimage.data.coffee()),
-        ("astronaut", skimage.data.astronaut()),
-    ):
-        small = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(photos / f"{name}.png"), small[..., ::-1])
+    photos = write_photos(root / "photos")
     logs = root / "logs"
     train_reconstruct.run(coarse_args(str(photos), logs, "coarse", "train.max_steps=2"))
     coarse = latest_checkpoint(logs / "coarse")

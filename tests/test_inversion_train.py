@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -17,6 +16,7 @@ import train_refine
 from engine.data import collate
 from engine.state import PlateauScale, latest_checkpoint, lr_factor
 from engine.trainer import TRAIN_DEFAULTS
+from tests.helpers import write_photos
 from utils.io import load_checkpoint
 
 COARSE = "configs/inversion_sift.yaml"
@@ -44,17 +44,7 @@ TRAIN = [
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> str:
     """Three small real photographs (scikit-image)."""
-    import skimage.data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name, image in (
-        ("chelsea", skimage.data.chelsea()),
-        ("coffee", skimage.data.coffee()),
-        ("astronaut", skimage.data.astronaut()),
-    ):
-        small = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"{name}.png"), small[..., ::-1])
-    return str(folder)
+    return str(write_photos(tmp_path_factory.mktemp("photos")))
 
 
 def coarse_args(photos: str, logdir: Path, exp: str, *extra: str) -> list[str]:

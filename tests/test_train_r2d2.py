@@ -22,6 +22,7 @@ from evaluators.hpatches import main as evaluate_main
 from models import load_extractor
 from models.r2d2 import R2D2, R2D2Extractor
 from models.r2d2_net import R2D2Net
+from tests.helpers import write_photos
 from utils.errors import UserError
 from utils.io import load_checkpoint
 
@@ -52,16 +53,9 @@ EXTRACT_CONF = {"min_size": 32, "reliability_thr": 0.0, "repeatability_thr": 0.0
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> str:
     """Three small real photographs (scikit-image) and a list naming each twice."""
-    import skimage.data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name, image in (
-        ("chelsea", skimage.data.chelsea()),
-        ("coffee", skimage.data.coffee()),
-        ("rocket", skimage.data.rocket()),
-    ):
-        small = cv2.resize(image, (128, 96), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"{name}.png"), small[..., ::-1])
+    folder = write_photos(
+        tmp_path_factory.mktemp("photos"), ("chelsea", "coffee", "rocket")
+    )
     (folder / "list.txt").write_text("chelsea.png\ncoffee.png\nrocket.png\n" * 2)
     return str(folder)
 
