@@ -378,12 +378,9 @@ def show_main(dataset_cls: type, argv: list[str] | None, prog: str) -> int:
             "augmentation": {"photometric": on, "homographic": on, "splits": SPLITS},
         }
         grid = sample_grid(dataset_cls(conf, args.split), args.count)
-        from utils.io import atomic_write
+        from utils.io import atomic_write_image
 
-        ok, data = cv2.imencode(".png", grid)
-        if not ok:
-            raise UserError(f"could not encode {args.out}")
-        atomic_write(args.out, lambda f: f.write(data.tobytes()))
+        atomic_write_image(args.out, grid)
         print(f"wrote {args.out}")
         return 0
 

@@ -471,7 +471,7 @@ def sample_grid(dataset: InversionDataset, count: int = 8) -> Array:
 def export_builtin(folder: str | Path) -> list[Path]:
     """Write the built-in photographs as ``folder/{train,test}/<name>.png`` (atomically)."""
     from datasets.inversion_sources import builtin_photos, builtin_split
-    from utils.io import atomic_write
+    from utils.io import atomic_write_image
 
     written = []
     for split in ("train", "test"):
@@ -479,10 +479,7 @@ def export_builtin(folder: str | Path) -> list[Path]:
             path = Path(folder) / split / f"{name}.png"
             if not path.is_file():
                 bgr = cv2.cvtColor(builtin_photos()[name], cv2.COLOR_RGB2BGR)
-                ok, data = cv2.imencode(".png", bgr)
-                if not ok:
-                    raise UserError(f"could not encode {path}")
-                atomic_write(path, lambda f, data=data: f.write(data.tobytes()))
+                atomic_write_image(path, bgr)
             written.append(path)
     return written
 
@@ -491,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m datasets.inversion --show | --export-builtin DIR`` (see module docstring)."""
     from utils.arguments import ArgumentParser
     from utils.errors import run_cli
-    from utils.io import atomic_write
+    from utils.io import atomic_write_image
 
     parser = ArgumentParser(
         prog="python -m datasets.inversion",
@@ -542,10 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             "extractor": args.extractor,
         }
         grid = sample_grid(InversionDataset(conf, args.split), args.count)
-        ok, data = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise UserError(f"could not encode {args.out}")
-        atomic_write(args.out, lambda f: f.write(data.tobytes()))
+        atomic_write_image(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         print(f"wrote {args.out} (rows: sparse map, target)")
         return 0
 

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.show:
             parser.print_help()
             return 0
-        from utils.io import atomic_write
+        from utils.io import atomic_write_image
 
         conf = {"root": args.root, "target": args.target}
         if args.root is None:
@@ -364,10 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append(tile)
         grid = np.concatenate(rows, axis=0)
-        ok, data = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise UserError(f"could not encode {args.out}")
-        atomic_write(args.out, lambda f: f.write(data.tobytes()))
+        atomic_write_image(args.out, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         print(f"wrote {args.out}")
         return 0
 

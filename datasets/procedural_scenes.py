@@ -312,13 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.show:
             parser.print_help()
             return 0
-        from utils.io import atomic_write
+        from utils.io import atomic_write_image
 
         height, width = parse_size(args.size, "--size")
-        ok, data = cv2.imencode(".png", show_grid(args.count, args.seed, height, width))
-        if not ok:
-            raise UserError(f"could not encode {args.out}")
-        atomic_write(args.out, lambda f: f.write(data.tobytes()))
+        atomic_write_image(args.out, show_grid(args.count, args.seed, height, width))
         print(f"wrote {args.out}")
         return 0
 

@@ -32,7 +32,7 @@ from models.inversion import InversionModel, to_uint8_image
 from models.refiner import RefinerModel
 from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write, ensure_writable_dir, load_checkpoint
+from utils.io import atomic_write_image, ensure_writable_dir, load_checkpoint
 
 
 @dataclass
@@ -250,10 +250,7 @@ def export_main(argv: list[str] | None = None) -> int:
             image = to_uint8_image(images.get("refined", images["coarse"])[0])
             if image.ndim == 3:
                 image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            ok, data = cv2.imencode(".png", image)
-            if not ok:
-                raise UserError(f"could not encode {path}")
-            atomic_write(path, lambda f, data=data: f.write(data.tobytes()))
+            atomic_write_image(path, image)
             written += 1
         print(f"reconstruct: {written} written, {skipped} already done, in {out}")
         return 0

@@ -237,7 +237,7 @@ def run_tracking(
     """
     from tqdm import tqdm
 
-    from utils.io import atomic_write, atomic_write_text, ensure_writable_dir
+    from utils.io import atomic_write_image, atomic_write_text, ensure_writable_dir
 
     out = Path(out)
     as_video = out.suffix.lower() in VIDEO_EXTENSIONS
@@ -287,12 +287,7 @@ def run_tracking(
                         raise UserError(f"cannot write video '{out}' (codec {fourcc})")
                 writer.write(canvas)
             else:
-                ok, data = cv2.imencode(".png", canvas)
-                if not ok:
-                    raise UserError(f"cannot encode frame {name}")
-                atomic_write(
-                    out / f"{name}.png", lambda f, d=data: f.write(d.tobytes())
-                )
+                atomic_write_image(out / f"{name}.png", canvas)
         if writer is not None:
             writer.release()
             writer = None

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -83,6 +84,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_image(path: str | Path, image: np.ndarray) -> None:
+    """Encode ``image`` (uint8, gray or OpenCV's BGR) in the format of ``path``'s extension
+    and write it atomically; a failed encoding is a :class:`UserError` naming the file."""
+    ok, data = cv2.imencode(Path(path).suffix or ".png", image)
+    if not ok:
+        raise UserError(f"could not encode {path}")
+    atomic_write(path, lambda f: f.write(data.tobytes()))
 
 
 def atomic_savez(path: str | Path, **arrays: np.ndarray) -> None:
