@@ -47,6 +47,7 @@ from datasets.depth_sources import (
 from datasets.procedural_scenes import parse_size
 from geometry.camera import focal_to_fov
 from utils.arguments import ArgumentParser
+from utils.config import parse_shard
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write, atomic_write_text, ensure_writable_dir
 
@@ -93,16 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard", default="0/1", help="I/N: write only samples i with i %% N == I"
     )
     return parser
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard '{text}' is not I/N") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard '{text}' needs 0 <= I < N")
-    return index, count
 
 
 def _sources(args: argparse.Namespace) -> list[tuple[Any, int]]:
@@ -269,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from tqdm import tqdm
 
-        shard, shards = _parse_shard(args.shard)
+        shard, shards = parse_shard(args.shard)
         sources = _sources(args)
         settings = {
             "sources": [[s.name, n] for s, n in sources],

@@ -47,6 +47,7 @@ from geometry.homography import (
 )
 from geometry.keypoints import extract_keypoints
 from utils.arguments import ArgumentParser
+from utils.config import parse_shard
 from utils.errors import UserError
 
 AGGREGATIONS = ("sum", "mean", "max")
@@ -315,19 +316,6 @@ def export_defaults(user: dict) -> dict:
         "model": model_cls.defaults(),
         "export": EXPORT_DEFAULTS,
     }
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` to ``(i, n)`` with ``0 <= i < n``; ``None`` is ``(0, 1)``."""
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard '{text}': expected i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise UserError(f"--shard '{text}': need 0 <= i < n")
-    return i, n
 
 
 def image_seed(seed: int, name: str) -> np.random.Generator:

@@ -304,3 +304,16 @@ def parse_key_values(items: list[str]) -> dict[str, Any]:
                     continue
         conf[key.strip()] = parsed
     return conf
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` to ``(i, n)`` with ``0 <= i < n``; ``None`` is ``(0, 1)``."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard '{text}': expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UserError(f"--shard '{text}': need 0 <= i < n")
+    return i, n
