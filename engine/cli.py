@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from engine.distributed import cleanup_distributed, init_distributed
 from engine.state import (
     check_training_checkpoint,
@@ -109,8 +111,12 @@ def resolve_run(
         check_training_checkpoint(load_checkpoint(resume), resume)
     elif latest_checkpoint(exp_dir) is not None:
         if args.overwrite:
-            for old in (exp_dir / "checkpoints").glob("*.pt"):
-                old.unlink()
+            # A fresh run: the old checkpoints and TensorBoard curves go (rank 0 deletes).
+            if os.environ.get("RANK", "0") == "0":
+                stale = [*(exp_dir / "checkpoints").glob("*.pt")]
+                stale += exp_dir.glob("events.out.tfevents.*")
+                for old in stale:
+                    old.unlink(missing_ok=True)
             return conf, exp_dir, None
         raise UserError(
             f"run folder '{exp_dir}' already holds checkpoints; pass --resume to continue, "
@@ -168,6 +174,7 @@ def train(
     :class:`Trainer` subclass for tasks with their own step (the GAN refiner).
     """
     dist_info, device = init_distributed(conf["train"]["device"])
+    trainer = None
     try:
         seed_everything(conf["train"]["seed"], dist_info.rank)
         init = check_init_weights(conf, resume)
@@ -187,8 +194,13 @@ def train(
             overfit=args.overfit,
         )
         trainer.fit()
+        if dist_info.enabled:
+            # Ranks leave together: none tears its connections down while rank 0 still saves.
+            dist.barrier()
         return trainer
     finally:
+        if trainer is not None:
+            trainer.release_distributed()
         cleanup_distributed()
 
 

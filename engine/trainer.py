@@ -25,6 +25,7 @@ Tasks needing a different step (e.g. a GAN alternating two optimisers) subclass
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import time
@@ -547,6 +548,16 @@ class Trainer:
             "rng": rng_state(),
             "config": to_plain(self.conf),
         }
+
+    def release_distributed(self) -> None:
+        """Drop the DDP wrapper (and its reference to the process group) now.
+
+        Left to the interpreter's shutdown, a Gloo group freed from a reference cycle can abort
+        the process ("terminate called without an active exception") after training succeeded.
+        """
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()
 
     def save(self) -> Path | None:
         """Write ``last_<step>.pt`` atomically and prune to ``keep_last`` (rank 0 only)."""

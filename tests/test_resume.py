@@ -67,6 +67,20 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
     assert scalar_steps(run_dir, "train/loss/total") == [1, 2, 3, 4, 5, 6]
 
 
+def test_overwrite_starts_afresh_with_one_curve(tmp_path):
+    train(tmp_path, "train.max_steps=4")
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(tmp_path, "train.max_steps=2")
+    train(tmp_path, "train.max_steps=2", "--overwrite")
+    run_dir = tmp_path / "run"
+    # The longer first run's checkpoints and curves are gone, not mixed into the new run.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("last_*.pt")) == [
+        "last_00000002.pt"
+    ]
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    assert scalar_steps(run_dir, "train/loss/total") == [1, 2]
+
+
 def test_resume_with_no_readable_checkpoint_is_one_line(tmp_path, capsys):
     ckpts = tmp_path / "run" / "checkpoints"
     ckpts.mkdir(parents=True)
