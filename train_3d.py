@@ -11,7 +11,7 @@ One target per model, as in Train-3D. Train-3D's options are config keys:
 ==================  ========================================================
 Train-3D option     config key
 ==================  ========================================================
-input channels      ``model.input_channels`` (3: xyz, 5: xyz + normalised uv)
+input channels      ``model.input_channels`` (3: xyz, 5: xyz + normalised uv, 6: xyz + normal)
 target              ``model.target`` (shift | focal | scale)
 distortions         ``data.distort_shift`` / ``data.shift_range``,
                     ``data.distort_focal`` / ``data.focal_range``

@@ -36,11 +36,15 @@ from torch.utils.data import Dataset
 
 from datasets.depth_sources import ProceduralSource
 from geometry.camera import (
+    CLOUD_INPUT_CHANNELS as INPUT_CHANNELS,
+)
+from geometry.camera import (
     NORMALISATION_PERCENTILE,
     affine_depth_with_shift,
     normalize_depth,
     scale_focal,
     shift_bounds,
+    surface_normals,
     unproject,
     valid_depth_mask,
 )
@@ -60,7 +64,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "preload": False,
     "seed": 0,
     "num_points": 2048,
-    "input_channels": 3,  # 3: xyz, 5: xyz + normalised uv
+    "input_channels": 3,  # 3: xyz, 5: xyz + normalised uv, 6: xyz + surface normal
     "target": "focal",  # shift | focal | scale
     "distort_shift": True,
     "shift_range": [-0.25, 0.8],
@@ -92,13 +96,16 @@ def cloud_input(
         K: ``(3, 3)`` intrinsics to unproject with.
         num_points: points to draw.
         rng: the sample's random stream.
-        input_channels: 3 (``xyz``) or 5 (``xyz`` and normalised ``uv``).
+        input_channels: 3 (``xyz``), 5 (``xyz`` and normalised ``uv``) or 6 (``xyz`` and
+            the unit surface normal, :func:`geometry.camera.surface_normals`).
 
     Returns:
         ``(num_points, input_channels)`` float32.
     """
-    if input_channels not in (3, 5):
-        raise UserError(f"input_channels must be 3 or 5, got {input_channels}")
+    if input_channels not in INPUT_CHANNELS:
+        raise UserError(
+            f"input_channels must be one of {sorted(INPUT_CHANNELS)}, got {input_channels}"
+        )
     height, width = depth.shape
     flat = np.flatnonzero(valid)
     if flat.size == 0:
@@ -113,6 +120,9 @@ def cloud_input(
         half = height / 2.0
         centred = (uv - K[:2, 2]) / half
         points = np.concatenate([points, centred], -1)
+    elif input_channels == 6:
+        normals = surface_normals(depth, valid, K).reshape(-1, 3)[pick]
+        points = np.concatenate([points, normals], -1)
     return points.astype(np.float32)
 
 
@@ -177,9 +187,10 @@ def check_conf(conf: dict[str, Any]) -> None:
     """One-line errors for impossible ``data`` values."""
     if conf["target"] not in TARGETS:
         raise UserError(f"data.target '{conf['target']}' is not one of {TARGETS}")
-    if conf["input_channels"] not in (3, 5):
+    if conf["input_channels"] not in INPUT_CHANNELS:
         raise UserError(
-            f"data.input_channels must be 3 or 5, got {conf['input_channels']}"
+            f"data.input_channels must be one of {sorted(INPUT_CHANNELS)}, "
+            f"got {conf['input_channels']}"
         )
     low, high = conf["shift_range"]
     if not -1.0 < low <= high < 1.0:

@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="point samplings of each cloud whose predictions are averaged",
     )
     parser.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="every other draw reads the scene's left-right mirror image (same focal "
+        "and shift)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("outputs/pointcloud_eval"),
@@ -237,20 +244,30 @@ def predict(
     rng: np.random.Generator,
     device: torch.device,
     draws: int = 1,
+    mirror: bool = False,
 ) -> float:
     """The model's prediction for ``depth`` unprojected with ``K``, averaged over ``draws``
     independent samplings of the cloud's points (one batch); ratios (focal, scale) are
-    averaged geometrically, as the log-space models regress them."""
+    averaged geometrically, as the log-space models regress them.
+
+    With ``mirror`` every other draw samples the left-right mirror image of the scene
+    (depth flipped, principal point reflected): a mirrored scene has the same focal length
+    and depth shift, so the average also cancels the part of the error that is not
+    mirror-symmetric.
+    """
+    views = [(depth, valid, K)]
+    if mirror:
+        flipped = K.copy()
+        flipped[0, 2] = depth.shape[1] - 1 - K[0, 2]
+        views.append((depth[:, ::-1].copy(), valid[:, ::-1].copy(), flipped))
     points = [
         cloud_input(
-            depth,
-            valid,
-            K,
+            *views[i % len(views)],
             conf["data"]["num_points"],
             rng,
             conf["model"]["input_channels"],
         )
-        for _ in range(draws)
+        for i in range(draws)
     ]
     batch = {"points": torch.from_numpy(np.stack(points)).to(device)}
     values = model(batch)["value"].double()
@@ -267,6 +284,7 @@ def recover(
     rng: np.random.Generator,
     device: torch.device,
     draws: int = 1,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Focal, then shift, then focal again (LeReS) for one emulated or real network depth.
 
@@ -284,14 +302,16 @@ def recover(
 
     focal_model, shift_model = models["focal"], models["shift"]
     focal1 = focal0 / predict(
-        *focal_model, normalised, valid, K_of(focal0), rng, device, draws
+        *focal_model, normalised, valid, K_of(focal0), rng, device, draws, mirror
     )
-    shift = predict(*shift_model, normalised, valid, K_of(focal1), rng, device, draws)
+    shift = predict(
+        *shift_model, normalised, valid, K_of(focal1), rng, device, draws, mirror
+    )
     # The exact shift is always below the smallest normalised depth; keep depths positive.
     shift = min(shift, float(normalised[valid].min()) - 1e-3)
     corrected = np.where(valid, normalised - shift, 0).astype(np.float32)
     focal2 = focal1 / predict(
-        *focal_model, corrected, valid, K_of(focal1), rng, device, draws
+        *focal_model, corrected, valid, K_of(focal1), rng, device, draws, mirror
     )
     return {
         "focal_init": focal0,
@@ -453,7 +473,14 @@ def main(argv: list[str] | None = None) -> int:
             elif item.K is not None:
                 true_shift = normalized_shift(item.depth, valid)
             result = recover(
-                depth_net, valid, models, args.fov_init, rng, device, args.draws
+                depth_net,
+                valid,
+                models,
+                args.fov_init,
+                rng,
+                device,
+                args.draws,
+                args.mirror,
             )
             height, width = item.depth.shape
             fov = float(focal_to_fov(result["focal"], height))
@@ -484,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                 "fov_init": args.fov_init,
                 "distort_shift": list(low_high) if low_high else None,
                 "seed": args.seed,
+                "draws": args.draws,
+                "mirror": args.mirror,
             }
             summary = summarise(scored, settings)
             atomic_write_text(

@@ -33,6 +33,9 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 NORMALISATION_OFFSET = 0.5
 NORMALISATION_PERCENTILE = 98.0
 
+# Channels of a point-cloud network's input points, by count.
+CLOUD_INPUT_CHANNELS = {3: "xyz", 5: "xyz + normalised uv", 6: "xyz + surface normal"}
+
 
 def fov_to_focal(fov_deg: float, height: float) -> float:
     """Focal length in pixels of a vertical field of view over an image ``height`` pixels tall.
@@ -136,6 +139,40 @@ def depth_to_points(depth: Array, K: Array) -> Array:
     uv = xp.stack([u, v], -1).reshape(height * width, 2)
     flat = depth.reshape(*depth.shape[:-2], height * width)
     return unproject(uv, flat, K).reshape(*depth.shape, 3)
+
+
+def surface_normals(depth: np.ndarray, valid: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Unit surface normals of a depth map unprojected with ``K``, facing the camera.
+
+    The cross product of the central differences along the image rows and columns of the
+    unprojected points: exact for planes, and distorted by a wrong focal length exactly as
+    the cloud is (the angle between two walls is what the focal model reads).
+
+    Args:
+        depth: ``(H, W)`` z-depth.
+        valid: ``(H, W)`` bool mask.
+        K: ``(3, 3)`` intrinsics.
+
+    Returns:
+        ``(H, W, 3)`` float64; zero where a pixel or one of its four neighbours is invalid
+        or on the image border.
+    """
+    points = depth_to_points(np.where(valid, depth, 0.0).astype(np.float64), K)
+    along_u = np.zeros_like(points)
+    along_v = np.zeros_like(points)
+    along_u[:, 1:-1] = points[:, 2:] - points[:, :-2]
+    along_v[1:-1] = points[2:] - points[:-2]
+    normals = np.cross(along_u, along_v)
+    ok = np.zeros_like(valid, dtype=bool)
+    ok[1:-1, 1:-1] = (
+        valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1]
+    ) & valid[:-2, 1:-1]
+    length = np.linalg.norm(normals, axis=-1, keepdims=True)
+    ok &= length[..., 0] > 0
+    normals = np.where(ok[..., None], normals / np.maximum(length, 1e-300), 0.0)
+    # Face the camera: a normal points against the ray to its point.
+    facing = np.sign(-(normals * points).sum(-1, keepdims=True))
+    return normals * np.where(facing == 0, 1.0, facing)
 
 
 def valid_depth_mask(depth: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from geometry.camera import CLOUD_INPUT_CHANNELS
 from models.base_model import BaseModel
 from utils.errors import UserError
 
@@ -47,7 +48,7 @@ class CloudRegressor(BaseModel):
     default_conf: dict[str, Any] = {
         "name": None,
         "target": "focal",  # shift | focal | scale
-        "input_channels": 3,  # 3: xyz, 5: xyz + normalised uv
+        "input_channels": 3,  # 3: xyz, 5: xyz + normalised uv, 6: xyz + surface normal
         # Prediction of the untrained model for the focal/scale ratios (the shift starts
         # at 0): the output is this plus the head's output.
         "initial_scale": 1.0,
@@ -60,9 +61,10 @@ class CloudRegressor(BaseModel):
     def _init(self, conf: dict[str, Any]) -> None:
         if conf["target"] not in TARGETS:
             raise UserError(f"model.target '{conf['target']}' is not one of {TARGETS}")
-        if conf["input_channels"] not in (3, 5):
+        if conf["input_channels"] not in CLOUD_INPUT_CHANNELS:
             raise UserError(
-                f"model.input_channels must be 3 or 5, got {conf['input_channels']}"
+                f"model.input_channels must be one of {sorted(CLOUD_INPUT_CHANNELS)}, "
+                f"got {conf['input_channels']}"
             )
         if self.loss_conf["type"] not in ("l1", "smooth_l1", "l2"):
             raise UserError(

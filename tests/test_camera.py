@@ -15,6 +15,7 @@ from geometry.camera import (
     project,
     scale_focal,
     shift_bounds,
+    surface_normals,
     unproject,
     valid_depth_mask,
 )
@@ -117,3 +118,38 @@ def test_known_distortion_then_exact_correction_restores_the_cloud():
     )
     scale = corrected[..., 2] / truth[..., 2]
     np.testing.assert_allclose(corrected, truth * scale.mean(), rtol=1e-5, atol=1e-9)
+
+
+def plane_depth(normal, offset, K, shape=(24, 32)):
+    """Depth of the plane ``normal . X = offset`` seen through ``K`` (ray-plane hits)."""
+    v, u = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    rays = np.stack(
+        [(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1
+    )
+    return offset / (rays @ normal)
+
+
+def test_surface_normals_of_a_plane_and_of_its_wrongly_unprojected_cloud():
+    K = intrinsics_from_fov(60.0, 24, 32)
+    normal = np.array([0.3, -0.2, -1.0]) / np.linalg.norm([0.3, -0.2, -1.0])
+    depth = plane_depth(normal, -2.0, K)
+    valid = np.ones(depth.shape, bool)
+    valid[5, 7] = False
+    normals = surface_normals(depth, valid, K)
+    inner = np.zeros(depth.shape, bool)
+    inner[1:-1, 1:-1] = True
+    for r, c in ((5, 7), (4, 7), (6, 7), (5, 6), (5, 8)):
+        inner[r, c] = False  # the hole and its four neighbours
+    np.testing.assert_allclose(
+        normals[inner], np.broadcast_to(normal, (inner.sum(), 3)), atol=1e-9
+    )
+    assert not normals[~inner].any()
+    # A wrong focal length keeps the cloud planar but turns its normal: x and y of every
+    # point scale by f_true / f_wrong, so the normal's x and y scale by the inverse.
+    wrong = scale_focal(K, 1.5)
+    turned = normal * np.array([1.5, 1.5, 1.0])
+    np.testing.assert_allclose(
+        surface_normals(depth, valid, wrong)[10, 10],
+        turned / np.linalg.norm(turned),
+        atol=1e-9,
+    )

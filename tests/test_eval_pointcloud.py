@@ -74,13 +74,39 @@ def test_draws_average_every_prediction(monkeypatch):
     seen = []
 
     def spy(*args):
-        seen.append(args[-1])
+        seen.append(args[-2:])
         return 1.0
 
     monkeypatch.setattr(pointcloud_eval, "predict", spy)
     models = {"focal": (model, conf), "shift": (model, conf)}
     recover(depth, valid, models, 60.0, np.random.default_rng(0), cpu, draws=5)
-    assert seen == [5, 5, 5]
+    recover(depth, valid, models, 60.0, np.random.default_rng(0), cpu, 6, True)
+    assert seen == [(5, False)] * 3 + [(6, True)] * 3
+
+
+class MeanX(torch.nn.Module):
+    """A focal "model" whose ratio is exp(mean x of the cloud): odd under a mirror."""
+
+    def forward(self, batch):
+        return {"value": batch["points"][..., 0].double().mean(1).exp()}
+
+
+def test_mirror_draws_read_the_reflected_scene():
+    """With every pixel drawn, the mirrored draw's x are the negated x (principal point
+    reflected), so an odd prediction averages out exactly; without the mirror it does not."""
+    depth = np.random.default_rng(0).uniform(1, 5, (6, 8))
+    valid = valid_depth_mask(depth)
+    conf = {"model": {"target": "focal", "input_channels": 3}, "data": {}}
+    conf["data"]["num_points"] = int(valid.sum())
+    K = np.array([[9.0, 0, 2.5], [0, 9.0, 3.0], [0, 0, 1]])  # off-centre cx
+    cpu = torch.device("cpu")
+
+    def run(mirror):
+        rng = np.random.default_rng(1)
+        return predict(MeanX(), conf, depth, valid, K, rng, cpu, 2, mirror)
+
+    assert run(True) == pytest.approx(1.0, abs=1e-9)
+    assert abs(np.log(run(False))) > 0.05
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import data_gen
-from datasets.pointcloud import PointCloudDataset, distorted_sample, main
+from datasets.pointcloud import PointCloudDataset, cloud_input, distorted_sample, main
 from engine.data import collate
 from geometry.camera import depth_to_points, intrinsics_from_fov
+from tests.test_camera import plane_depth
 from tests.test_depth_readers import sens_frames, write_sens
 
 TINY = {"procedural": {"count": 6, "seed": 3, "size": [24, 32]}, "num_points": 64}
@@ -64,6 +65,24 @@ def test_targets_correct_the_sampled_cloud_exactly():
         -1,
     )
     np.testing.assert_allclose(corrected * scale, truth, rtol=1e-4, atol=1e-6)
+
+
+def test_six_channels_carry_the_surface_normal_of_the_cloud():
+    K = intrinsics_from_fov(75.0, 20, 28)
+    normal = np.array([-0.4, 0.1, -1.0]) / np.linalg.norm([-0.4, 0.1, -1.0])
+    depth = plane_depth(normal, -3.0, K, (20, 28))
+    points = cloud_input(depth, depth > 0, K, 300, np.random.default_rng(0), 6)
+    assert points.shape == (300, 6)
+    # Inner pixels carry the plane's normal; border pixels (no neighbour on one side) 0.
+    normals = points[:, 3:].astype(np.float64)
+    inner = np.abs(normals).sum(1) > 0
+    assert 0.7 < inner.mean() < 1
+    np.testing.assert_allclose(
+        normals[inner], np.broadcast_to(normal, (inner.sum(), 3)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        points[:, :3] @ normal, -3.0 / np.percentile(depth, 98), rtol=1e-4
+    )
 
 
 def test_show_writes_a_grid(tmp_path):

@@ -56,7 +56,7 @@ def test_voxelize_equals_a_plain_loop():
 @pytest.mark.parametrize(
     "conf", [TINY_POINT, {**TINY_POINT, "neighbors": 4}, TINY_VOXEL]
 )
-@pytest.mark.parametrize("channels", [3, 5])
+@pytest.mark.parametrize("channels", [3, 5, 6])
 def test_regressors_shapes_gradients_and_initial_value(conf, channels):
     torch.manual_seed(0)
     model = build_cloud_model({**conf, "input_channels": channels, "target": "focal"})
