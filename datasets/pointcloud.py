@@ -121,7 +121,7 @@ def cloud_input(
         centred = (uv - K[:2, 2]) / half
         points = np.concatenate([points, centred], -1)
     elif input_channels == 6:
-        normals = surface_normals(depth, valid, K).reshape(-1, 3)[pick]
+        normals = surface_normals(depth, valid, K, pick)
         points = np.concatenate([points, normals], -1)
     return points.astype(np.float32)
 

@@ -141,10 +141,15 @@ def depth_to_points(depth: Array, K: Array) -> Array:
     return unproject(uv, flat, K).reshape(*depth.shape, 3)
 
 
-def surface_normals(depth: np.ndarray, valid: np.ndarray, K: np.ndarray) -> np.ndarray:
+def surface_normals(
+    depth: np.ndarray,
+    valid: np.ndarray,
+    K: np.ndarray,
+    pixels: np.ndarray | None = None,
+) -> np.ndarray:
     """Unit surface normals of a depth map unprojected with ``K``, facing the camera.
 
-    The cross product of the central differences along the image rows and columns of the
+    The cross product of the central differences along the image row and column of the
     unprojected points: exact for planes, and distorted by a wrong focal length exactly as
     the cloud is (the angle between two walls is what the focal model reads).
 
@@ -152,27 +157,37 @@ def surface_normals(depth: np.ndarray, valid: np.ndarray, K: np.ndarray) -> np.n
         depth: ``(H, W)`` z-depth.
         valid: ``(H, W)`` bool mask.
         K: ``(3, 3)`` intrinsics.
+        pixels: optional ``(N,)`` flat pixel indices (``v * W + u``) to compute the normals
+            of, instead of every pixel (only their four neighbours are unprojected).
 
     Returns:
-        ``(H, W, 3)`` float64; zero where a pixel or one of its four neighbours is invalid
-        or on the image border.
+        ``(H, W, 3)``, or ``(N, 3)`` with ``pixels``, float64; zero where a pixel or one of
+        its four neighbours is invalid or outside the image.
     """
-    points = depth_to_points(np.where(valid, depth, 0.0).astype(np.float64), K)
-    along_u = np.zeros_like(points)
-    along_v = np.zeros_like(points)
-    along_u[:, 1:-1] = points[:, 2:] - points[:, :-2]
-    along_v[1:-1] = points[2:] - points[:-2]
-    normals = np.cross(along_u, along_v)
-    ok = np.zeros_like(valid, dtype=bool)
-    ok[1:-1, 1:-1] = (
-        valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1]
-    ) & valid[:-2, 1:-1]
+    height, width = depth.shape
+    dense = None if pixels is not None else np.arange(height * width)
+    pixels = dense if dense is not None else pixels
+    v, u = np.divmod(np.asarray(pixels), width)
+    # Neighbours right, left, down, up; outside the image they count as invalid.
+    du = np.array([1, -1, 0, 0])
+    dv = np.array([0, 0, 1, -1])
+    nu, nv = u[:, None] + du, v[:, None] + dv
+    inside = (nu >= 0) & (nu < width) & (nv >= 0) & (nv < height)
+    nu, nv = np.clip(nu, 0, width - 1), np.clip(nv, 0, height - 1)
+    ok = valid[v, u] & (inside & valid[nv, nu]).all(1)
+    uv = np.stack([nu, nv], -1).astype(np.float64)
+    around = unproject(uv, depth[nv, nu].astype(np.float64), np.asarray(K, np.float64))
+    normals = np.cross(around[:, 0] - around[:, 1], around[:, 2] - around[:, 3])
     length = np.linalg.norm(normals, axis=-1, keepdims=True)
-    ok &= length[..., 0] > 0
-    normals = np.where(ok[..., None], normals / np.maximum(length, 1e-300), 0.0)
-    # Face the camera: a normal points against the ray to its point.
-    facing = np.sign(-(normals * points).sum(-1, keepdims=True))
-    return normals * np.where(facing == 0, 1.0, facing)
+    ok &= length[:, 0] > 0
+    normals = np.where(ok[:, None], normals / np.maximum(length, 1e-300), 0.0)
+    # Face the camera: a normal points against the ray through its pixel.
+    ray = np.stack(
+        [(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(u.shape)], -1
+    )
+    facing = np.where((normals * ray).sum(-1, keepdims=True) > 0, -1.0, 1.0)
+    normals = normals * facing
+    return normals if dense is None else normals.reshape(height, width, 3)
 
 
 def valid_depth_mask(depth: np.ndarray) -> np.ndarray:

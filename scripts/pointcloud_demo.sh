@@ -3,7 +3,7 @@
 #   procedural scenes (training, and held-out ones with another seed) -> the focal model ->
 #   the shift model -> evaluation on the held-out scenes (60-degree start, shifts drawn in
 #   [-0.25, 0.8]) -> the before/after figure.
-# Training took 863 s on an idle 2-core AMD EPYC Zen 4 (focal 657 s, shift 206 s); the
+# Training took 924 s on an idle 2-core AMD EPYC Zen 4 (focal 728 s, shift 196 s); the
 # scenes about 4 minutes more:
 #   bash scripts/pointcloud_demo.sh
 # Progress bars and warnings go to $OUT/stderr.log; its tail is shown if a step fails.

@@ -153,3 +153,21 @@ def test_surface_normals_of_a_plane_and_of_its_wrongly_unprojected_cloud():
         turned / np.linalg.norm(turned),
         atol=1e-9,
     )
+
+
+def test_surface_normals_at_pixels_equal_the_dense_ones():
+    depth = random_depth(3)
+    valid = valid_depth_mask(depth)
+    valid[4:6, 9:12] = False
+    K = np.array([[20.0, 0, 14.0], [0, 26.0, 12.5], [0, 0, 1]])  # fx != fy, off-centre
+    dense = surface_normals(depth, valid, K)
+    pixels = np.random.default_rng(0).choice(depth.size, 200, replace=False)
+    np.testing.assert_array_equal(
+        surface_normals(depth, valid, K, pixels), dense.reshape(-1, 3)[pixels]
+    )
+    # Unit length where defined, facing the camera (against the ray to the point).
+    points = depth_to_points(depth, K).reshape(-1, 3)
+    length = np.linalg.norm(dense.reshape(-1, 3), axis=1)
+    defined = length > 0
+    np.testing.assert_allclose(length[defined], 1.0)
+    assert ((dense.reshape(-1, 3) * points).sum(1)[defined] < 0).all()
