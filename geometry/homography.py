@@ -277,6 +277,39 @@ def pixel_grid(
     return torch.stack([xs, ys], dim=-1)
 
 
+def source_pixels(
+    H_inv: torch.Tensor, out_shape: tuple[int, int], device=None
+) -> torch.Tensor:
+    """Where each target pixel comes from: ``(B, H_out, W_out, 2)`` source pixels (x, y).
+
+    Args:
+        H_inv: ``(B, 3, 3)`` target to source pixels (the inverse of the warp).
+        out_shape: target ``(H, W)``.
+
+    The sampling coordinates of :func:`warp_images` and the mask of :func:`valid_mask`
+    (``points_inside`` of them): compute them once when a caller needs both.
+    """
+    b = H_inv.shape[0]
+    grid = pixel_grid(out_shape, device=device).reshape(1, -1, 2)
+    return warp_points(grid.expand(b, -1, -1), H_inv).reshape(b, *out_shape, 2)
+
+
+def sample_pixels(
+    images: torch.Tensor, src: torch.Tensor, mode: str = "bilinear"
+) -> torch.Tensor:
+    """``grid_sample`` of ``(B, C, H, W)`` images at ``(B, H_out, W_out, 2)`` source pixels;
+    pixels whose source lies outside the image (or at infinity) are 0."""
+    grid = pixel_to_grid(src, images.shape[-2:])
+    grid = torch.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0)
+    return F.grid_sample(
+        images,
+        grid.to(images.dtype),
+        mode=mode,
+        padding_mode="zeros",
+        align_corners=False,
+    )
+
+
 def warp_images(
     images: torch.Tensor,
     H: torch.Tensor,
@@ -298,17 +331,7 @@ def warp_images(
     out_shape = tuple(out_shape) if out_shape is not None else tuple(images.shape[-2:])
     H = torch.as_tensor(H, dtype=torch.float32, device=images.device)
     H_inv = torch.linalg.inv(H.expand(b, 3, 3) if H.dim() == 2 else H)
-    grid = pixel_grid(out_shape, device=images.device).reshape(1, -1, 2)
-    src = warp_points(grid.expand(b, -1, -1), H_inv)
-    src = pixel_to_grid(src, images.shape[-2:]).reshape(b, *out_shape, 2)
-    src = torch.nan_to_num(src, nan=-2.0, posinf=-2.0, neginf=-2.0)
-    return F.grid_sample(
-        images,
-        src.to(images.dtype),
-        mode=mode,
-        padding_mode="zeros",
-        align_corners=False,
-    )
+    return sample_pixels(images, source_pixels(H_inv, out_shape, images.device), mode)
 
 
 def valid_mask(
@@ -332,11 +355,8 @@ def valid_mask(
     out_shape = tuple(out_shape) if out_shape is not None else tuple(src_shape)
     if isinstance(H, torch.Tensor):
         Hb = H if H.dim() == 3 else H[None]
-        grid = pixel_grid(out_shape, device=Hb.device).reshape(1, -1, 2)
-        src = warp_points(
-            grid.expand(Hb.shape[0], -1, -1), torch.linalg.inv(Hb.float())
-        )
-        mask = points_inside(src, src_shape).reshape(-1, *out_shape)
+        src = source_pixels(torch.linalg.inv(Hb.float()), out_shape, Hb.device)
+        mask = points_inside(src, src_shape)
         if erosion_radius > 0:
             k = 2 * erosion_radius + 1
             mask = -F.max_pool2d(

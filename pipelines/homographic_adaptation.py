@@ -41,9 +41,11 @@ from geometry.homography import (
     HOMOGRAPHY_PRESETS,
     HomographyConfig,
     draw_homography,
+    points_inside,
+    sample_pixels,
+    source_pixels,
     valid_mask,
     warp_image,
-    warp_images,
 )
 from geometry.keypoints import extract_keypoints
 from utils.arguments import ArgumentParser
@@ -155,15 +157,19 @@ def homographic_adaptation(
         H = Hs[start : start + batch_size]
         n = len(H)
         identity = _is_identity(H)
-        H_inv = torch.linalg.inv(H)
         images = image.expand(n, -1, -1, -1)
-        views = warp_images(images, H.float())
+        # Each direction's sampling coordinates serve both its warp and its valid mask
+        # (the same float32 values warp_images and valid_mask would each compute).
+        to_image = source_pixels(torch.linalg.inv(H.float()), (h, w), device)
+        views = sample_pixels(images, to_image)
         views = torch.where(identity[:, None, None, None], images, views)
         heat = detector(views).float()
-        heat = heat * valid_mask((h, w), H)
-        back = warp_images(heat[:, None], H_inv.float())[:, 0]
+        heat = heat * points_inside(to_image, (h, w))
+        H_back = torch.linalg.inv(torch.linalg.inv(H).float())
+        to_view = source_pixels(H_back, (h, w), device)
+        back = sample_pixels(heat[:, None], to_view)[:, 0]
         back = torch.where(identity[:, None, None], heat, back)
-        seen = erode(valid_mask((h, w), H_inv), valid_border_margin)
+        seen = erode(points_inside(to_view, (h, w)), valid_border_margin)
         seen = seen | identity[:, None, None]
         back = back * seen
         count += seen.sum(0)
