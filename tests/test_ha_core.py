@@ -87,11 +87,15 @@ def test_erode_matches_opencv():
     rng = np.random.default_rng(0)
     for radius in (1, 3):
         H = sample_homographies((40, 50), 2, rng)[1]
-        mask = valid_mask((40, 50), H)
+        mask = valid_mask((40, 50), np.linalg.inv(H) @ np.diag([1.3, 1.3, 1.0]))
+        mask[18:22, 20:26] = False  # a hole inside as well as the invalid border
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
         expected = cv2.erode(mask.astype(np.uint8), kernel) > 0
-        got = erode(torch.from_numpy(mask)[None], radius)[0].numpy()
-        assert np.array_equal(got, expected)
+        # Both paths: OpenCV (the CPU's) and the convolution (other devices').
+        for use_opencv in (True, False):
+            got = erode(torch.from_numpy(mask)[None], radius, use_opencv)[0].numpy()
+            assert np.array_equal(got, expected)
+            assert 0 < got.sum() < mask.sum()  # it did erode
 
 
 def test_sampling_starts_with_identity_and_rejects_bad_input():
