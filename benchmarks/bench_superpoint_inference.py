@@ -49,6 +49,7 @@ from models.weights import (  # noqa: E402
     reference_frontend,
 )
 from utils.arguments import ArgumentParser  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
 
 SHAPE = (480, 640)
 
@@ -118,6 +119,27 @@ def onnx_dense(model: SuperPoint, threads: int):
     return dense
 
 
+def detector_from(path: str) -> SuperPoint:
+    """A full-size SuperPoint whose encoder and detector head are those of ``path``."""
+    trained, _ = load_model(path)
+    model = SuperPoint({**MAGICLEAP_FRONTEND}).eval()
+    own = model.state_dict()
+    shared = {
+        k: v
+        for k, v in trained.state_dict().items()
+        if not k.startswith("convD") and k in own
+    }
+    missing = [k for k in own if not k.startswith("convD") and k not in shared]
+    wrong = [k for k, v in shared.items() if v.shape != own[k].shape]
+    if missing or wrong:
+        raise UserError(
+            f"{path}: not a full-size MagicPoint/SuperPoint detector "
+            f"(missing {missing[:3]}, other shapes {wrong[:3]})"
+        )
+    model.load_state_dict(shared, strict=False)
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="python benchmarks/bench_superpoint_inference.py",
@@ -138,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         "then the frontend's threshold 0.015 is used",
     )
     parser.add_argument(
+        "--detector",
+        default=None,
+        help="trained MagicPoint (or SuperPoint) weights for the detector only, the "
+        "descriptor head staying random: the keypoints, and so their agreement, depend on "
+        "the detector alone, and the timing is still the full SuperPoint's",
+    )
+    parser.add_argument(
         "--onnx",
         action="store_true",
         help="also time ONNX Runtime on the exported graph",
@@ -151,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     gray = cv2.resize(gray, SHAPE[::-1], interpolation=cv2.INTER_AREA)
     image = gray.astype(np.float32) / 255.0
     torch.manual_seed(0)
-    if args.checkpoint:
+    if args.checkpoint and args.detector:
+        raise UserError("pass --checkpoint or --detector, not both")
+    if args.detector:
+        model = detector_from(args.detector)
+        threshold = MAGICLEAP_FRONTEND["detection_threshold"]
+        count = len(reference_frontend(model, image, threshold)[0])
+        print(f"detector of {args.detector}, random descriptor head: {count} keypoints")
+    elif args.checkpoint:
         model, fmt = load_model(args.checkpoint, dict(MAGICLEAP_FRONTEND))
         threshold = MAGICLEAP_FRONTEND["detection_threshold"]
         count = len(reference_frontend(model, image, threshold)[0])
@@ -205,4 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, "bench_superpoint_inference.py"))

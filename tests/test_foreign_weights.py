@@ -220,3 +220,23 @@ def test_convert_reads_widths_from_tensors():
     _, state, conf = convert_state_dict(magicleap_state())
     assert conf["channels"] == [64, 64, 128, 128] and conf["descriptor_dim"] == 256
     assert "conv1a.0.weight" in state and "conv1a.weight" not in state
+
+
+def test_benchmark_detector_takes_a_magicpoint_and_refuses_a_narrow_one(tmp_path):
+    from benchmarks.bench_superpoint_inference import detector_from
+    from models.superpoint import MagicPoint
+
+    torch.manual_seed(1)
+    trained = MagicPoint({}).eval()
+    path = tmp_path / "mp.pt"
+    save({"model": trained.state_dict(), "config": {"model": dict(trained.conf)}}, path)
+    model = detector_from(str(path))
+    state, source = model.state_dict(), trained.state_dict()
+    detector_keys = [k for k in state if not k.startswith("convD")]
+    assert detector_keys and all(torch.equal(state[k], source[k]) for k in detector_keys)
+    assert any(k.startswith("convD") for k in state)  # the descriptor head is there
+
+    narrow = MagicPoint({"channels": [8, 8, 16, 16], "head_channels": 16}).eval()
+    save({"model": narrow.state_dict(), "config": {"model": dict(narrow.conf)}}, path)
+    with pytest.raises(UserError, match="not a full-size"):
+        detector_from(str(path))
