@@ -200,6 +200,8 @@ def train(
         return trainer
     finally:
         if trainer is not None:
+            # Freed at interpreter exit instead, a Gloo group can abort its rank after a
+            # successful run ("terminate called without an active exception").
             trainer.release_distributed()
         cleanup_distributed()
 

@@ -550,11 +550,7 @@ class Trainer:
         }
 
     def release_distributed(self) -> None:
-        """Drop the DDP wrapper (and its reference to the process group) now.
-
-        Left to the interpreter's shutdown, a Gloo group freed from a reference cycle can abort
-        the process ("terminate called without an active exception") after training succeeded.
-        """
+        """Drop the DDP wrapper and its process group now (see ``engine.cli.train``)."""
         if self.net is not self.model:
             self.net = self.model
             gc.collect()
