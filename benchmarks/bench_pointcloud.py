@@ -4,14 +4,15 @@ Prints the CPU line (``engine.devices.cpu_line``: model name, avx2 / avx512f / a
 amx flags), then:
 
 * points/s through each network (the demo's PointNet, without and with its EdgeConv layer,
-  and the default VoxelNet), forward
-  only and forward + backward + Adam step, in fp32 and under bf16 autocast, with the
-  bf16 / fp32 ratio (> 1: bf16 is the faster path here); the PointNet's per-point MLP is
-  also timed as ``Conv1d`` layers, the plain formulation its ``Linear`` layers replace;
+  the focal demo's xyz + normal PointNet, and the default VoxelNet), forward only and
+  forward + backward + Adam step, in fp32 and under bf16 autocast (only where the CPU runs
+  bf16 natively; elsewhere it is skipped with a note), with the bf16 / fp32 ratio (> 1: bf16
+  is the faster path here); the PointNet's per-point MLP is also timed as ``Conv1d`` layers,
+  the plain formulation its ``Linear`` layers replace;
 * data generation samples/s: procedural scenes rendered at 96x128 and 192x256, a
   per-pixel Python ray-casting loop at 24x32 as the plain baseline of the vectorised
   renderer (the same scene at the same size), and training samples built from a
-  generated folder (load, distort, normalise, sample points).
+  generated folder (load, distort, normalise, sample points), with xyz and with xyz + normal.
 
     python benchmarks/bench_pointcloud.py [--batch-size 32] [--points 512] [--repeats 5]
 """
@@ -28,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import native_precisions  # noqa: E402
 from datasets.pointcloud import PointCloudDataset  # noqa: E402
 from datasets.procedural_scenes import (  # noqa: E402
     random_scene,
@@ -45,6 +48,12 @@ from utils.arguments import ArgumentParser  # noqa: E402
 # The demo's networks (configs/pointcloud_*.yaml) and the voxel network's defaults.
 NETWORKS = {
     "pointnet": {"name": "pointnet", "widths": [32, 64, 128], "neighbors": 8},
+    "pointnet, xyz + normal (focal demo)": {
+        "name": "pointnet",
+        "widths": [32, 64, 128],
+        "neighbors": 8,
+        "input_channels": 6,
+    },
     "pointnet, no EdgeConv": {"name": "pointnet", "widths": [32, 64, 128]},
     "voxelnet": {"name": "voxelnet"},
 }
@@ -67,14 +76,15 @@ def timed(fn, repeats: int) -> float:
 
 
 def network_rates(
-    model: nn.Module, points: torch.Tensor, repeats: int
+    model: nn.Module, points: torch.Tensor, repeats: int, precisions: list[str]
 ) -> dict[str, float]:
-    """Points/s forward (eval) and train step, fp32 and bf16 autocast."""
+    """Points/s forward (eval) and train step in each of ``precisions`` (fp32, bf16
+    autocast)."""
     batch = {"points": points, "target": torch.ones(points.shape[0])}
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
     count = points.shape[0] * points.shape[1]
     rates = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
 
         def forward(precision=precision):
             model.eval()
@@ -110,12 +120,14 @@ class Conv1dPointMLP(nn.Module):
         return self.net(points.transpose(1, 2)).amax(-1)
 
 
-def per_point_mlp_rates(points: torch.Tensor, repeats: int) -> None:
+def per_point_mlp_rates(
+    points: torch.Tensor, repeats: int, precisions: list[str]
+) -> None:
     widths = NETWORKS["pointnet, no EdgeConv"]["widths"]
     model = build_cloud_model(NETWORKS["pointnet, no EdgeConv"])
     conv = Conv1dPointMLP(widths)
     count = points.shape[0] * points.shape[1]
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
 
         def linear(precision=precision):
             with amp(precision):
@@ -180,12 +192,15 @@ def data_rates(repeats: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         with contextlib.redirect_stdout(io.StringIO()):
             generate(["--procedural", "40", "--size", "96,128", "--out", folder])
-        dataset = PointCloudDataset({"root": folder, "num_points": 512}, "train")
-        seconds = timed(lambda: [dataset[i] for i in range(len(dataset))], repeats)
-        print(
-            f"  training samples (96x128 depth file -> 512 distorted points): "
-            f"{len(dataset) / seconds:.1f} samples/s"
-        )
+        for channels in (3, 6):
+            dataset = PointCloudDataset(
+                {"root": folder, "num_points": 512, "input_channels": channels}, "train"
+            )
+            seconds = timed(lambda d=dataset: [d[i] for i in range(len(d))], repeats)
+            print(
+                f"  training samples (96x128 depth file -> 512 distorted points, "
+                f"{channels} channels): {len(dataset) / seconds:.1f} samples/s"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,18 +216,28 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     points = torch.rand(args.batch_size, args.points, 3, generator=gen)
     points = points * torch.tensor([2.0, 2.0, 1.2]) - torch.tensor([1.0, 1.0, 0.0])
+    normals = F.normalize(
+        torch.randn(args.batch_size, args.points, 3, generator=gen), dim=-1
+    )
+    precisions = native_precisions()
     print(f"networks, batch {args.batch_size} x {args.points} points:")
     for name, conf in NETWORKS.items():
-        rates = network_rates(build_cloud_model(conf), points, args.repeats)
+        inputs = points
+        if conf.get("input_channels") == 6:
+            inputs = torch.cat([points, normals], -1)
+        rates = network_rates(build_cloud_model(conf), inputs, args.repeats, precisions)
         for kind in ("forward", "train"):
-            fp32, bf16 = rates[f"{kind} fp32"], rates[f"{kind} bf16"]
-            faster = "bf16" if bf16 > fp32 else "fp32"
-            print(
-                f"  {name} {kind}: fp32 {fp32 / 1e3:.0f} k points/s, bf16 "
-                f"{bf16 / 1e3:.0f} k points/s (bf16/fp32 {bf16 / fp32:.2f}x; "
-                f"faster: {faster})"
-            )
-    per_point_mlp_rates(points, args.repeats)
+            fp32 = rates[f"{kind} fp32"]
+            line = f"  {name} {kind}: fp32 {fp32 / 1e3:.0f} k points/s"
+            if f"{kind} bf16" in rates:
+                bf16 = rates[f"{kind} bf16"]
+                faster = "bf16" if bf16 > fp32 else "fp32"
+                line += (
+                    f", bf16 {bf16 / 1e3:.0f} k points/s (bf16/fp32 {bf16 / fp32:.2f}x; "
+                    f"faster: {faster})"
+                )
+            print(line)
+    per_point_mlp_rates(points, args.repeats, precisions)
     print("data generation:")
     data_rates(args.repeats)
     return 0
