@@ -233,7 +233,9 @@ def test_benchmark_detector_takes_a_magicpoint_and_refuses_a_narrow_one(tmp_path
     model = detector_from(str(path))
     state, source = model.state_dict(), trained.state_dict()
     detector_keys = [k for k in state if not k.startswith("convD")]
-    assert detector_keys and all(torch.equal(state[k], source[k]) for k in detector_keys)
+    assert detector_keys and all(
+        torch.equal(state[k], source[k]) for k in detector_keys
+    )
     assert any(k.startswith("convD") for k in state)  # the descriptor head is there
 
     narrow = MagicPoint({"channels": [8, 8, 16, 16], "head_channels": 16}).eval()
