@@ -165,8 +165,9 @@ def surface_normals(
         its four neighbours is invalid or outside the image.
     """
     height, width = depth.shape
-    dense = None if pixels is not None else np.arange(height * width)
-    pixels = dense if dense is not None else pixels
+    dense = pixels is None
+    if dense:
+        pixels = np.arange(height * width)
     v, u = np.divmod(np.asarray(pixels), width)
     # Neighbours right, left, down, up; outside the image they count as invalid.
     du = np.array([1, -1, 0, 0])
@@ -187,7 +188,7 @@ def surface_normals(
     )
     facing = np.where((normals * ray).sum(-1, keepdims=True) > 0, -1.0, 1.0)
     normals = normals * facing
-    return normals if dense is None else normals.reshape(height, width, 3)
+    return normals.reshape(height, width, 3) if dense else normals
 
 
 def valid_depth_mask(depth: np.ndarray) -> np.ndarray:
