@@ -45,6 +45,7 @@ from models.extractor import Extractor  # noqa: E402
 from models.superpoint import SuperPoint  # noqa: E402
 from models.weights import (  # noqa: E402
     MAGICLEAP_FRONTEND,
+    load_initial_weights,
     load_model,
     reference_frontend,
 )
@@ -120,23 +121,24 @@ def onnx_dense(model: SuperPoint, threads: int):
 
 
 def detector_from(path: str) -> SuperPoint:
-    """A full-size SuperPoint whose encoder and detector head are those of ``path``."""
-    trained, _ = load_model(path)
+    """A full-size SuperPoint whose encoder and detector head are those of ``path``
+    (through :func:`models.weights.load_initial_weights`; the descriptor head keeps its
+    random initialisation when the file has none)."""
+    if not Path(path).is_file():
+        raise UserError(f"--detector: '{path}' does not exist")
     model = SuperPoint({**MAGICLEAP_FRONTEND}).eval()
-    own = model.state_dict()
-    shared = {
-        k: v
-        for k, v in trained.state_dict().items()
-        if not k.startswith("convD") and k in own
-    }
-    missing = [k for k in own if not k.startswith("convD") and k not in shared]
-    wrong = [k for k, v in shared.items() if v.shape != own[k].shape]
-    if missing or wrong:
+    try:
+        fresh = load_initial_weights(model, path)
+    except UserError as err:
+        raise UserError(
+            f"{path}: not a full-size MagicPoint/SuperPoint detector ({err})"
+        ) from None
+    lacking = [k for k in fresh if not k.startswith("convD")]
+    if lacking:
         raise UserError(
             f"{path}: not a full-size MagicPoint/SuperPoint detector "
-            f"(missing {missing[:3]}, other shapes {wrong[:3]})"
+            f"(missing {lacking[:3]})"
         )
-    model.load_state_dict(shared, strict=False)
     return model
 
 

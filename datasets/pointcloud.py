@@ -36,9 +36,7 @@ from torch.utils.data import Dataset
 
 from datasets.depth_sources import ProceduralSource
 from geometry.camera import (
-    CLOUD_INPUT_CHANNELS as INPUT_CHANNELS,
-)
-from geometry.camera import (
+    CLOUD_INPUT_CHANNELS,
     NORMALISATION_PERCENTILE,
     affine_depth_with_shift,
     normalize_depth,
@@ -102,9 +100,10 @@ def cloud_input(
     Returns:
         ``(num_points, input_channels)`` float32.
     """
-    if input_channels not in INPUT_CHANNELS:
+    if input_channels not in CLOUD_INPUT_CHANNELS:
         raise UserError(
-            f"input_channels must be one of {sorted(INPUT_CHANNELS)}, got {input_channels}"
+            f"input_channels must be one of {sorted(CLOUD_INPUT_CHANNELS)}, "
+            f"got {input_channels}"
         )
     height, width = depth.shape
     flat = np.flatnonzero(valid)
@@ -187,9 +186,9 @@ def check_conf(conf: dict[str, Any]) -> None:
     """One-line errors for impossible ``data`` values."""
     if conf["target"] not in TARGETS:
         raise UserError(f"data.target '{conf['target']}' is not one of {TARGETS}")
-    if conf["input_channels"] not in INPUT_CHANNELS:
+    if conf["input_channels"] not in CLOUD_INPUT_CHANNELS:
         raise UserError(
-            f"data.input_channels must be one of {sorted(INPUT_CHANNELS)}, "
+            f"data.input_channels must be one of {sorted(CLOUD_INPUT_CHANNELS)}, "
             f"got {conf['input_channels']}"
         )
     low, high = conf["shift_range"]
