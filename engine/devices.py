@@ -40,7 +40,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 # /proc/cpuinfo flags that decide which fast paths a CPU has.
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+SPEED_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
 # ONEDNN_MAX_CPU_ISA values that still allow oneDNN's native bf16 kernels.
 _BF16_ISAS = (
     "avx512_core_bf16",
@@ -117,6 +126,27 @@ def cpu_has_native_bf16() -> bool:
     if isa and isa not in _BF16_ISAS:
         return False
     return restricted.get("ATEN_CPU_CAPABILITY", "").lower() not in ("avx2", "default")
+
+
+# ONEDNN_MAX_CPU_ISA values below every int8 dot-product instruction (VNNI, AMX-INT8).
+_NO_VNNI_ISAS = ("sse41", "avx", "avx2", "avx512_core")
+
+
+@functools.cache
+def cpu_has_int8_dot_product() -> bool:
+    """Whether oneDNN's int8 convolutions accumulate u8 x s8 products exactly in int32.
+
+    That needs AVX512-VNNI, AVX-VNNI or AMX-INT8 (and no ``ONEDNN_MAX_CPU_ISA`` cap below
+    them). Without them the kernels add pairs of products in saturating int16
+    (``vpmaddubsw``): with 8-bit activations the sums overflow and the outputs go wrong
+    (about 65% relative error on R2D2's trunk), so ``models.quantize`` keeps activations
+    to 7 bits on such CPUs.
+    """
+    flags = cpu_info()["flags"]
+    if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
+        return False
+    isa = cpu_info()["restricted"].get("ONEDNN_MAX_CPU_ISA", "").lower()
+    return isa not in _NO_VNNI_ISAS
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

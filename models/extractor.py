@@ -293,12 +293,17 @@ class ModelExtractor:
 def _resolved_precision(model: Any) -> str | None:
     """The precision an extractor runs at, after ``auto``; None if it does not say."""
     precision = getattr(model, "precision", None)
+    conf = getattr(model, "conf", None)
+    if isinstance(conf, dict) and "autocast" in conf and conf.get("int8"):
+        precision = "int8"  # R2D2Extractor
+    if precision == "int8":
+        from models.quantize import precision_label
+
+        # 7- or 8-bit activations, by the CPU: the outputs differ between the two.
+        return precision_label()
     if isinstance(precision, str):
         return precision
-    conf = getattr(model, "conf", None)
     if isinstance(conf, dict) and "autocast" in conf:  # R2D2Extractor
-        if conf.get("int8"):
-            return "int8"
         mode = conf.get("autocast")
         return (
             "fp16" if mode == "fp16" else "bf16" if mode in (True, "bf16") else "fp32"

@@ -8,6 +8,11 @@ symmetric int8 weights, uint8 activations with histogram-calibrated ranges) runs
 480x640 about 2-4x faster than fp32 (``benchmarks/bench_superpoint_inference.py`` measures it
 beside the plain fp32 path and reports keypoint agreement).
 
+Activations are 8-bit where the CPU has an int8 dot product (VNNI, AMX) and 7-bit elsewhere:
+the AVX2 kernels add pairs of u8 x s8 products in saturating int16, which 8-bit activations
+overflow (``engine.devices.cpu_has_int8_dot_product``). 7 bits keep every pair in range, so
+the results are exact integer arithmetic on every CPU.
+
 Calibration uses the photographs bundled with scikit-image (a fixed, local set: the result
 does not depend on the images being extracted), resized to the first image's size. Only the
 convolutions are quantised; softmax, descriptor normalisation and keypoint selection stay in
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.devices import cpu_has_int8_dot_product
 
 # oneDNN: the int8 engine whose kernels follow the CPU (AVX2 VPMADDUBSW up to AVX512-VNNI
 # and AMX), and which honours ONEDNN_MAX_CPU_ISA like the fp32 convolutions do.
@@ -56,8 +63,24 @@ def calibration_batch(height: int, width: int, channels: int = 1) -> list[torch.
     return images
 
 
+def activation_bits(reduce_range: bool | None = None) -> int:
+    """Bits of the quantised activations: 8 with an int8 dot product, else 7 (or as forced
+    by ``reduce_range``)."""
+    if reduce_range is None:
+        reduce_range = not cpu_has_int8_dot_product()
+    return 7 if reduce_range else 8
+
+
+def precision_label() -> str:
+    """How int8 runs on this CPU, for provenance records: ``int8`` or ``int8-a7``."""
+    return "int8" if activation_bits() == 8 else "int8-a7"
+
+
 def quantize_static(
-    module: nn.Module, calibration: list[torch.Tensor], preprocess=None
+    module: nn.Module,
+    calibration: list[torch.Tensor],
+    preprocess=None,
+    reduce_range: bool | None = None,
 ) -> nn.Module:
     """Int8 copy of ``module`` (convolutions, linear layers, ReLUs) calibrated on images.
 
@@ -65,13 +88,21 @@ def quantize_static(
         module: a traceable module ``(B, C, H, W) -> tensor or tuple`` in eval mode.
         calibration: example inputs; the activation ranges are observed on them.
         preprocess: optional function applied to each calibration input first.
+        reduce_range: 7-bit activations; None: where the CPU lacks an int8 dot product
+            (:func:`activation_bits`).
 
     Returns:
         A quantised module with the same call signature, float inputs and outputs.
     """
-    from torch.ao.quantization import get_default_qconfig_mapping, quantize_fx
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping, quantize_fx
 
     torch.backends.quantized.engine = ENGINE
+    mapping = get_default_qconfig_mapping(ENGINE)
+    default = mapping.global_qconfig
+    reduced = default.activation.with_args(
+        reduce_range=activation_bits(reduce_range) == 7
+    )
+    mapping.set_global(QConfig(activation=reduced, weight=default.weight))
     example = calibration[0] if preprocess is None else preprocess(calibration[0])
     with warnings.catch_warnings():
         # torch.ao.quantization is marked deprecated in favour of torchao, which is not a
@@ -81,7 +112,7 @@ def quantize_static(
         warnings.simplefilter("ignore", UserWarning)
         prepared = quantize_fx.prepare_fx(
             copy.deepcopy(module).eval(),
-            get_default_qconfig_mapping(ENGINE),
+            mapping,
             (example,),
         )
         with torch.inference_mode():
