@@ -107,6 +107,7 @@ def cpu_line() -> str:
         caps = ", ".join(f"{k}={v}" for k, v in info["restricted"].items())
         line += f" (instruction set capped by {caps})"
     line += f"; native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+    line += f"; int8 dot product: {'yes' if cpu_has_int8_dot_product() else 'no'}"
     return line + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
