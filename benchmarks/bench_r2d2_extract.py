@@ -45,8 +45,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import native_precisions
 from engine.devices import cpu_line
-from models.r2d2 import R2D2Extractor
-from models.r2d2_net import R2D2Net, load_r2d2_checkpoint
+from models.r2d2 import R2D2Extractor, load_r2d2_net
+from models.r2d2_net import R2D2Net
 from utils.arguments import ArgumentParser
 from utils.errors import run_cli
 
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
-        "--weights", help="NAVER checkpoint (default: calibrated random)"
+        "--weights",
+        help="train_r2d2.py or NAVER checkpoint (default: calibrated random)",
     )
     parser.add_argument("--width", type=int, default=800, help="image width")
     parser.add_argument("--height", type=int, default=640, help="image height")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         image = benchmark_image(args.width, args.height)
         if args.weights:
-            net = load_r2d2_checkpoint(args.weights)
+            net = load_r2d2_net(args.weights)
         else:
             net = calibrated_random_net(image)
         # Warm-up image: smallest size that still gives two pyramid levels.

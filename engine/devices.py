@@ -165,18 +165,26 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def inference_precision(name: str, device: torch.device) -> str:
+def inference_precision(
+    name: str, device: torch.device, int8_keeps_points: bool = False
+) -> str:
     """Precision of an inference path (extraction, homographic adaptation): ``auto`` is the
     fastest path measured to keep >= 95% of the fp32 keypoints within 1 px.
 
-    That is bf16 on GPUs and on CPUs with native bf16, and static int8 (``models.quantize``)
-    on other CPUs, where bf16 would be emulated. ``fp32``, ``bf16``, ``int8`` (CPU only) and
-    ``fp16`` (CUDA only) are taken as given.
+    That is bf16 on GPUs and on CPUs with native bf16. On other CPUs bf16 would be
+    emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
+    that int8 keeps the keypoints (``int8_keeps_points``: homographic adaptation, whose
+    labels, aggregated over many warps, kept 97-98% in int8), and fp32 elsewhere. Single-
+    image extraction is such an elsewhere: int8 kept 71-81% of R2D2's keypoints and 90-93%
+    of a trained SuperPoint detector's (``benchmarks/``), so it stays an explicit choice.
+    ``fp32``, ``bf16``, ``int8`` (CPU only) and ``fp16`` (CUDA only) are taken as given.
     """
     if name == "auto":
         if device.type == "cuda":
             return resolve_precision("auto", device)
-        return "bf16" if cpu_has_native_bf16() else "int8"
+        if cpu_has_native_bf16():
+            return "bf16"
+        return "int8" if int8_keeps_points else "fp32"
     if name == "int8" and device.type != "cpu":
         raise UserError(
             "precision 'int8' runs on the CPU only; use bf16 or fp16 on GPUs"

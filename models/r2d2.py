@@ -108,7 +108,7 @@ class R2D2Extractor(nn.Module):
             raise UserError(f"scale_f={self.conf['scale_f']}: expected a value > 1")
         if net is None:
             if self.conf["weights"]:
-                net = load_r2d2_checkpoint(self.conf["weights"])
+                net = load_r2d2_net(self.conf["weights"])
             else:
                 net = R2D2Net(**dict(self.conf["model"] or {}))
         self.net = net.eval()
@@ -431,6 +431,17 @@ def r2d2_net_from_checkpoint(obj: Mapping[str, Any], source: str) -> R2D2Net:
     return model.net.eval()
 
 
+def load_r2d2_net(path: str | os.PathLike) -> R2D2Net:
+    """The eval-mode network of any R2D2 weight file: a ``train_r2d2.py`` checkpoint,
+    NAVER's layout or a bare state dict (:func:`load_r2d2_checkpoint`)."""
+    from utils.io import load_checkpoint
+
+    obj = load_checkpoint(os.fspath(path))
+    if isinstance(obj, Mapping) and "config" in obj and is_r2d2_checkpoint(obj):
+        return r2d2_net_from_checkpoint(obj, os.fspath(path))
+    return load_r2d2_checkpoint(path)
+
+
 EXTRACTOR_OPTIONS = tuple(
     k for k in R2D2Extractor.default_conf if k not in ("weights", "model", "tag")
 )
@@ -451,8 +462,8 @@ def load_r2d2_extractor(
         device: torch device string.
         conf: :data:`EXTRACTOR_OPTIONS` overrides (``top_k``, ``reliability_thr``,
             ``min_size``...) and ``precision`` (``fp32`` | ``bf16`` | ``fp16``: autocast
-            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: the fastest for
-            the device, :func:`engine.devices.inference_precision`).
+            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: bf16 on GPUs and
+            where it is native, else fp32, :func:`engine.devices.inference_precision`).
 
     Raises:
         UserError: an option R2D2 does not understand (e.g. SuperPoint's

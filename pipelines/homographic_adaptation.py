@@ -416,7 +416,7 @@ def export_main(argv: list[str] | None = None) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         shard, shards = shard * world + rank, shards * world
         device = resolve_device(ex["device"], int(os.environ.get("LOCAL_RANK", "0")))
-        precision = inference_precision(ex["precision"], device)
+        precision = inference_precision(ex["precision"], device, int8_keeps_points=True)
         precision = "fp32" if precision == "fp16" else precision
         entries = list_images(conf["data"], ex["split"])[shard::shards]
 

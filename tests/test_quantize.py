@@ -75,7 +75,10 @@ def test_auto_inference_precision_follows_the_cpu(monkeypatch):
     assert devices.inference_precision("auto", cpu) == "bf16"
     assert devices.resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
-    assert devices.inference_precision("auto", cpu) == "int8"
+    # int8 only where the caller measured it to keep the keypoints (HA labels).
+    assert devices.inference_precision("auto", cpu) == "fp32"
+    assert devices.inference_precision("auto", cpu, int8_keeps_points=True) == "int8"
+    assert devices.inference_precision("int8", cpu) == "int8"
     assert devices.resolve_precision("auto", cpu) == "fp32"  # training stays fp32
     assert devices.inference_precision("fp32", cpu) == "fp32"
     with pytest.raises(UserError, match="CPU only"):

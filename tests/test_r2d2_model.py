@@ -162,6 +162,33 @@ def test_fake_published_checkpoint_loads(tmp_path, constructor, fast):
         assert torch.equal(a[key], b[key])
 
 
+def test_training_checkpoint_loads_like_a_published_one(tmp_path):
+    """``train_r2d2.py`` checkpoints (``net.`` keys, the config beside them) load wherever
+    weights are taken: the extractor's ``weights`` and the benchmark's ``--weights``."""
+    from models.r2d2 import R2D2, R2D2Extractor, load_r2d2_net
+
+    torch.manual_seed(2)
+    conf = {"name": "r2d2", "dim": 16, "mchan": 1}
+    model = R2D2(conf)
+    _randomise_batch_norm(model.net)
+    path = tmp_path / "last_00000010.pt"
+    torch.save({"model": model.state_dict(), "config": {"model": conf}}, path)
+    published = tmp_path / "published.pt"
+    _write_published_checkpoint(
+        published, model.net, "Quad_L2Net_ConfCFS(dim=16, mchan=1)"
+    )
+    x = torch.rand(1, 3, 24, 32)
+    with torch.no_grad():
+        expected = model.net.eval()(x)
+        for net in (
+            load_r2d2_net(path),
+            load_r2d2_net(published),
+            R2D2Extractor({"weights": str(path)}).net,
+        ):
+            out = net(x)
+            assert all(torch.equal(expected[k], out[k]) for k in expected)
+
+
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_r2d2_checkpoint(tmp_path / "missing.pt")
