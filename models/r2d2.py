@@ -44,9 +44,8 @@ from losses.r2d2 import R2D2Loss
 from models.base_model import BaseModel
 from models.r2d2_net import (
     R2D2Net,
-    build_from_constructor,
-    load_r2d2_checkpoint,
     load_r2d2_state,
+    r2d2_net_from_published,
 )
 from utils.config import merge_config
 from utils.errors import UserError
@@ -407,15 +406,7 @@ def r2d2_net_from_checkpoint(obj: Mapping[str, Any], source: str) -> R2D2Net:
         UserError: constructor not on the whitelist, weights that do not fit.
     """
     if "net" in obj and "state_dict" in obj:
-        try:
-            net = build_from_constructor(obj["net"])
-        except UserError as err:
-            raise UserError(f"{source}: {err}") from None
-        state = obj["state_dict"]
-        if not isinstance(state, Mapping):
-            raise UserError(f"{source}: 'state_dict' is not a dict of tensors")
-        load_r2d2_state(net, dict(state), source)
-        return net.eval()
+        return r2d2_net_from_published(dict(obj), source)
     model = R2D2(obj["config"]["model"])
     state = obj["model"]
     if not isinstance(state, Mapping):
@@ -436,10 +427,11 @@ def load_r2d2_net(path: str | os.PathLike) -> R2D2Net:
     NAVER's layout or a bare state dict (:func:`load_r2d2_checkpoint`)."""
     from utils.io import load_checkpoint
 
-    obj = load_checkpoint(os.fspath(path))
-    if isinstance(obj, Mapping) and "config" in obj and is_r2d2_checkpoint(obj):
-        return r2d2_net_from_checkpoint(obj, os.fspath(path))
-    return load_r2d2_checkpoint(path)
+    source = os.fspath(path)
+    obj = load_checkpoint(source)
+    if is_r2d2_checkpoint(obj):
+        return r2d2_net_from_checkpoint(obj, source)
+    return r2d2_net_from_published(obj, source)
 
 
 EXTRACTOR_OPTIONS = tuple(

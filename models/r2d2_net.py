@@ -326,7 +326,11 @@ def load_r2d2_checkpoint(path: str | os.PathLike) -> R2D2Net:
             that do not fit.
     """
     path = os.fspath(path)
-    checkpoint = load_checkpoint(path)
+    return r2d2_net_from_published(load_checkpoint(path), path)
+
+
+def r2d2_net_from_published(checkpoint: Any, path: str) -> R2D2Net:
+    """:func:`load_r2d2_checkpoint` of an already loaded object (``path`` names it)."""
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a dict checkpoint, got {type(checkpoint)}")
     if "net" in checkpoint:
