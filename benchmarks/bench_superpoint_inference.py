@@ -9,8 +9,8 @@ and descriptor sampling, for one 480x640 grayscale photo:
 * ``plain fp32``: this repository's :class:`models.extractor.Extractor` post-processing on the
   plain eager network (contiguous memory), the baseline every other row is a ratio of;
 * ``fp32``: the extractor's fp32 path (channels-last memory, same numbers);
-* ``int8``: static int8 quantisation of the convolutions (``models.quantize``), the fast path
-  of CPUs without native bf16;
+* ``int8``: static int8 quantisation of the convolutions after cross-layer equalisation
+  (``models.quantize``), the fast path of CPUs without native bf16;
 * ``bf16``: the weights cast once, channels-last (only where the CPU has native bf16);
 * ``onnxruntime``: the ``export.py onnx`` graph in ONNX Runtime (``--onnx``), network only,
   post-processing as the extractor's.
@@ -23,6 +23,7 @@ speed-ups over the reference (target >= 3x) and over plain fp32, and the share o
 keypoints with a keypoint of the path within 1 px, and the reverse (target >= 95%).
 
     python benchmarks/bench_superpoint_inference.py [--repeats 5] [--threads 2] [--onnx]
+        [--detector CKPT --agreement-photos 6]
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from utils.arguments import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 SHAPE = (480, 640)
+# scikit-image photographs for --agreement-photos (the first is the timed image).
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
 
 
 def agreement(a: np.ndarray, b: np.ndarray, radius: float = 1.0) -> float:
@@ -63,6 +66,16 @@ def agreement(a: np.ndarray, b: np.ndarray, radius: float = 1.0) -> float:
         return 0.0
     dist = np.linalg.norm(a[:, None].astype(np.float64) - b[None], axis=-1)
     return float((dist.min(axis=1) <= radius).mean())
+
+
+def photo(name: str) -> np.ndarray:
+    """A scikit-image photograph as a 480x640 grey float image in [0, 1]."""
+    import skimage.data
+
+    rgb = getattr(skimage.data, name)()
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    gray = cv2.resize(gray, SHAPE[::-1], interpolation=cv2.INTER_AREA)
+    return gray.astype(np.float32) / 255.0
 
 
 def calibrate(model: SuperPoint, image: np.ndarray, target: int) -> tuple[float, int]:
@@ -169,18 +182,24 @@ def main(argv: list[str] | None = None) -> int:
         "the detector alone, and the timing is still the full SuperPoint's",
     )
     parser.add_argument(
+        "--agreement-photos",
+        type=int,
+        default=1,
+        help=f"also pool the keypoint agreement over this many photographs (the timed "
+        f"one first; at most {len(PHOTOS)}): one image's few hundred points move by "
+        "a percent or two with any change",
+    )
+    parser.add_argument(
         "--onnx",
         action="store_true",
         help="also time ONNX Runtime on the exported graph",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if not 1 <= args.agreement_photos <= len(PHOTOS):
+        raise UserError(f"--agreement-photos: expected 1 to {len(PHOTOS)}")
     print_header("SuperPoint end to end, 480x640, MagicLeap post-processing")
-    import skimage.data
-
-    gray = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2GRAY)
-    gray = cv2.resize(gray, SHAPE[::-1], interpolation=cv2.INTER_AREA)
-    image = gray.astype(np.float32) / 255.0
+    image = photo(PHOTOS[0])
     torch.manual_seed(0)
     if args.checkpoint and args.detector:
         raise UserError("pass --checkpoint or --detector, not both")
@@ -234,6 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{median['plain fp32'] / median[name]:8.2f}x {len(kps):6d} "
             f"{100 * agreement(baseline, kps):11.1f}% {100 * agreement(kps, baseline):11.1f}%"
         )
+    if args.agreement_photos > 1:
+        names = PHOTOS[: args.agreement_photos]
+        tensors = [torch.from_numpy(photo(n))[None, None] for n in names]
+        bases = [plain(t)["keypoints"].numpy() for t in tensors]
+        total = sum(len(b) for b in bases)
+        print(f"agreement with plain fp32 over {', '.join(names)} ({total} keypoints):")
+        for name, extractor in extractors.items():
+            found = [extractor(t)["keypoints"].numpy() for t in tensors]
+            share = sum(agreement(b, k) * len(b) for b, k in zip(bases, found)) / total
+            each = " ".join(
+                f"{100 * agreement(b, k):.0f}" for b, k in zip(bases, found)
+            )
+            print(f"{name:>17} {100 * share:6.1f}%  (per photo: {each})")
     plain_vs_ref = agreement(ref_kps, baseline)
     print(
         f"plain fp32 finds {100 * plain_vs_ref:.1f}% of the reference's keypoints within 1 px; "

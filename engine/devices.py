@@ -175,8 +175,9 @@ def inference_precision(
     emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
     that int8 keeps the keypoints (``int8_keeps_points``: homographic adaptation, whose
     labels, aggregated over many warps, kept 97-98% in int8), and fp32 elsewhere. Single-
-    image extraction is such an elsewhere: int8 kept 71-81% of R2D2's keypoints and 90-93%
-    of a trained SuperPoint detector's (``benchmarks/``), so it stays an explicit choice.
+    image extraction is such an elsewhere: int8 kept 75-84% of R2D2's keypoints and 93-94%
+    of a trained SuperPoint detector's over six photographs (``benchmarks/``), so it stays
+    an explicit choice.
     ``fp32``, ``bf16``, ``int8`` (CPU only) and ``fp16`` (CUDA only) are taken as given.
     """
     if name == "auto":

@@ -52,7 +52,7 @@ class Extractor:
             once, for CPUs with native bf16 and GPUs), ``int8`` (static int8 quantisation of
             the convolutions, calibrated on the built-in photographs; the fast path of CPUs
             without native bf16, see ``models.quantize``) or ``auto`` (bf16 on GPUs and where
-            it is native, else fp32: int8 kept only 90-93% of a trained detector's
+            it is native, else fp32: int8 kept 93-94% of a trained detector's
             keypoints, :func:`engine.devices.inference_precision`).
     """
 

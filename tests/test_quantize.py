@@ -181,7 +181,7 @@ def test_feature_provenance_names_the_activation_bits(monkeypatch):
 
     superpoint = SimpleNamespace(precision="int8")
     r2d2 = SimpleNamespace(conf={"autocast": False, "int8": True})
-    for exact, label in ((True, "int8"), (False, "int8-a7")):
+    for exact, label in ((True, "int8-cle"), (False, "int8-a7-cle")):
         monkeypatch.setattr(quantize, "cpu_has_int8_dot_product", lambda e=exact: e)
         assert _resolved_precision(superpoint) == label
         assert _resolved_precision(r2d2) == label
