@@ -18,7 +18,7 @@ from utils.errors import UserError, run_cli
 
 COMMANDS = {
     "homography_adaptation": (
-        "pipelines.homographic_adaptation:export_main",
+        "pipelines.ha_export:export_main",
         "homographic adaptation labels (npz per image) from a detector checkpoint",
     ),
     "onnx": (

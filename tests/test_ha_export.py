@@ -67,6 +67,39 @@ def test_export_writes_labels_and_skips_finished(tmp_path, capsys):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_labels_of_other_settings_are_recomputed_not_reused(tmp_path, capsys):
+    """A re-run reuses a label file only if its provenance record matches this run."""
+    import json
+
+    write_images(tmp_path / "images")
+    out = tmp_path / "labels"
+    images = ["--images", str(tmp_path / "images"), "--out", str(out)]
+    assert run(images, capsys)[0] == 0
+    with np.load(out / "img0.npz") as data:
+        record = json.loads(str(data["provenance"]))
+        first = dict(data)
+    assert record["precision"] == "fp32" and record["detector"]["id"] == "random"
+    assert record["export"]["num_homographies"] == 3
+    assert record["image_size"] == [64, 96] and record["source_bytes"] > 0
+
+    # Another detection threshold: every file is stale and recomputed, and says why.
+    code, captured = run([*images, "export.detection_threshold=0.02"], capsys)
+    assert code == 0 and "3 exported" in captured.out
+    assert "recomputed 3 label file(s)" in captured.err
+    assert '"detection_threshold": 0.015' in captured.err
+    with np.load(out / "img0.npz") as data:
+        assert json.loads(str(data["provenance"]))["export"]["detection_threshold"] == 0.02
+        assert np.all(data["scores"] > 0.02)
+        assert len(data["points"]) < len(first["points"])
+
+    # A file from before records existed is not trusted either.
+    del first["provenance"]
+    np.savez(out / "img1.npz", **first)
+    code, captured = run([*images, "export.detection_threshold=0.02"], capsys)
+    assert "1 exported" in captured.out and "2 already done" in captured.out
+    assert "no provenance record" in captured.err
+
+
 def test_images_without_keypoints_are_reported(tmp_path, capsys):
     write_images(tmp_path / "images")
     args = ["--images", str(tmp_path / "images"), "--out", str(tmp_path / "labels")]
