@@ -183,7 +183,9 @@ def equalize_layers(
             weight = torch.stack(
                 [c.weight.abs().amax(dim=(0, 2, 3)) for c in nexts]
             ).amax(0)
-            live = (act > 0) & (weight > 0)
+            # Channels (nearly) silent on the calibration images keep their scale: a
+            # huge factor on a producer row would only magnify what the images missed.
+            live = (act > 1e-6 * act.max()) & (weight > 0)
             scale = torch.ones_like(act)
             scale[live] = act[live] ** alpha / weight[live] ** (1 - alpha)
             conv.weight.div_(scale.view(-1, 1, 1, 1))

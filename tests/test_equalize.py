@@ -70,6 +70,24 @@ def test_equalization_keeps_the_float_network_and_evens_the_ranges():
     assert before > 100 and after < before / 10, (before, after)
 
 
+def test_silent_channels_keep_their_scale():
+    net = uneven_chain()
+    with torch.no_grad():
+        net[0].weight[2].mul_(1e-9)  # about 1e-9 of the other channels' outputs
+        net[0].bias[2] = 0.0
+    inputs = calibration_batch(32, 48)
+    equalized = copy.deepcopy(net)
+    equalize_layers(equalized, sequential_pairs(equalized)[:1], inputs)
+    assert not torch.equal(equalized[0].weight, net[0].weight)
+    torch.testing.assert_close(equalized[0].weight[2], net[0].weight[2])
+    torch.testing.assert_close(equalized[3].weight[:, 2], net[3].weight[:, 2])
+    assert all(torch.isfinite(p).all() for p in equalized.parameters())
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            equalized(inputs[0]), net(inputs[0]), rtol=1e-4, atol=1e-5
+        )
+
+
 def test_equalization_lowers_the_int8_error():
     net = uneven_chain()
     inputs = calibration_batch(32, 48)

@@ -88,7 +88,9 @@ def test_labels_of_other_settings_are_recomputed_not_reused(tmp_path, capsys):
     assert "recomputed 3 label file(s)" in captured.err
     assert '"detection_threshold": 0.015' in captured.err
     with np.load(out / "img0.npz") as data:
-        assert json.loads(str(data["provenance"]))["export"]["detection_threshold"] == 0.02
+        assert (
+            json.loads(str(data["provenance"]))["export"]["detection_threshold"] == 0.02
+        )
         assert np.all(data["scores"] > 0.02)
         assert len(data["points"]) < len(first["points"])
 
