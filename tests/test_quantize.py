@@ -150,6 +150,30 @@ def test_int8_is_accurate_on_cpus_without_an_int8_dot_product():
     assert result["error"] < 0.02, result
 
 
+def test_amx_follows_flags_and_cap(monkeypatch):
+    """The main job's bf16 recipe needs AMX: AVX512-BF16 alone (Zen 4) is not enough."""
+    import engine.devices as devices
+
+    for flags, restricted, amx in (
+        (["avx2", "avx512f", "avx512_bf16"], {}, False),
+        (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], {}, True),
+        (
+            ["avx2", "avx512f", "avx512_bf16", "amx_bf16"],
+            {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+            False,
+        ),
+        (["avx2", "amx_bf16"], {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True),
+        (["avx2", "amx_bf16"], {"ATEN_CPU_CAPABILITY": "avx2"}, False),
+    ):
+        info = {"model": "x", "cores": 2, "flags": flags, "restricted": restricted}
+        monkeypatch.setattr(devices, "cpu_info", lambda info=info: info)
+        devices.cpu_has_native_bf16.cache_clear()
+        devices.cpu_has_amx_bf16.cache_clear()
+        assert devices.cpu_has_amx_bf16() is amx, (flags, restricted)
+    devices.cpu_has_native_bf16.cache_clear()
+    devices.cpu_has_amx_bf16.cache_clear()
+
+
 def test_int8_dot_product_follows_flags_and_cap(monkeypatch):
     import engine.devices as devices
 
