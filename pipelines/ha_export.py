@@ -102,10 +102,21 @@ def label_stale_reason(path: Path, record: dict) -> str | None:
     stored = read_provenance(path)
     if stored is None:
         return "no provenance record (written by an earlier version, or unreadable)"
-    for key in sorted(set(stored) | set(record)):
-        was, now = stored.get(key), record.get(key)
-        if was != now:
-            return f"{key} was {json.dumps(was)}, now {json.dumps(now)}"
+    return _first_difference(stored, record)
+
+
+def _first_difference(was: object, now: object, key: str = "") -> str | None:
+    """``"<dotted key> was X, now Y"`` for the first leaf where two records differ."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        for name in sorted(set(was) | set(now)):
+            found = _first_difference(
+                was.get(name), now.get(name), f"{key}.{name}" if key else name
+            )
+            if found:
+                return found
+        return None
+    if was != now:
+        return f"{key} was {json.dumps(was)}, now {json.dumps(now)}"
     return None
 
 

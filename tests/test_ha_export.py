@@ -86,7 +86,7 @@ def test_labels_of_other_settings_are_recomputed_not_reused(tmp_path, capsys):
     code, captured = run([*images, "export.detection_threshold=0.02"], capsys)
     assert code == 0 and "3 exported" in captured.out
     assert "recomputed 3 label file(s)" in captured.err
-    assert '"detection_threshold": 0.015' in captured.err
+    assert "export.detection_threshold was 0.015, now 0.02" in captured.err
     with np.load(out / "img0.npz") as data:
         assert (
             json.loads(str(data["provenance"]))["export"]["detection_threshold"] == 0.02
