@@ -111,6 +111,11 @@ def cpu_line() -> str:
     return line + f"; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def _onednn_isa_cap() -> str:
+    """The ``ONEDNN_MAX_CPU_ISA`` cap in lower case, ``""`` when there is none."""
+    return cpu_info()["restricted"].get("ONEDNN_MAX_CPU_ISA", "").lower()
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether bf16 runs natively: AMX-BF16 or AVX512-BF16, and no cap below them.
@@ -122,11 +127,11 @@ def cpu_has_native_bf16() -> bool:
     flags = cpu_info()["flags"]
     if "amx_bf16" not in flags and "avx512_bf16" not in flags:
         return False
-    restricted = cpu_info()["restricted"]
-    isa = restricted.get("ONEDNN_MAX_CPU_ISA", "").lower()
+    isa = _onednn_isa_cap()
     if isa and isa not in _BF16_ISAS:
         return False
-    return restricted.get("ATEN_CPU_CAPABILITY", "").lower() not in ("avx2", "default")
+    aten = cpu_info()["restricted"].get("ATEN_CPU_CAPABILITY", "").lower()
+    return aten not in ("avx2", "default")
 
 
 @functools.cache
@@ -139,7 +144,7 @@ def cpu_has_amx_bf16() -> bool:
     """
     if not cpu_has_native_bf16() or "amx_bf16" not in cpu_info()["flags"]:
         return False
-    isa = cpu_info()["restricted"].get("ONEDNN_MAX_CPU_ISA", "").lower()
+    isa = _onednn_isa_cap()
     return not isa or "amx" in isa
 
 
@@ -160,8 +165,7 @@ def cpu_has_int8_dot_product() -> bool:
     flags = cpu_info()["flags"]
     if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
         return False
-    isa = cpu_info()["restricted"].get("ONEDNN_MAX_CPU_ISA", "").lower()
-    return isa not in _NO_VNNI_ISAS
+    return _onednn_isa_cap() not in _NO_VNNI_ISAS
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

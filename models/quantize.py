@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.devices import cpu_has_int8_dot_product
+from models.fusion import fold_batch_norms
 
 # oneDNN: the int8 engine whose kernels follow the CPU (AVX2 VPMADDUBSW up to AVX512-VNNI
 # and AMX), and which honours ONEDNN_MAX_CPU_ISA like the fp32 convolutions do.
@@ -97,30 +98,6 @@ def precision_label() -> str:
     (8- or 7-bit activations, cross-layer equalised; features of earlier versions,
     recorded as ``int8`` / ``int8-a7``, are not reused)."""
     return ("int8" if activation_bits() == 8 else "int8-a7") + "-cle"
-
-
-def fold_batch_norms(module: nn.Module) -> None:
-    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
-    ``nn.Sequential`` into the convolution, and remove it (in place; same outputs)."""
-    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        i = 0
-        while i + 1 < len(seq):
-            conv, bn = seq[i], seq[i + 1]
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
-                i += 1
-                continue
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            with torch.no_grad():
-                conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                if conv.bias is None:
-                    conv.bias = nn.Parameter(torch.zeros_like(shift))
-                conv.bias.mul_(scale).add_(shift)
-            del seq[i + 1]  # renumbers the later layers; the convolution keeps its name
 
 
 def sequential_pairs(seq: nn.Sequential) -> list[tuple[str, tuple[str]]]:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.fusion import fold_batch_norms
 from utils.constructor_parser import parse_constructor
 from utils.errors import UserError
 from utils.io import load_checkpoint
@@ -234,26 +235,8 @@ class R2D2Net(nn.Module):
         Only valid in eval mode (running statistics). The result computes the same raw
         features as :meth:`features` (without the Fast-R2D2 upsampling).
         """
-        layers: list[nn.Module] = []
-        for op in self.ops:
-            if isinstance(op, nn.BatchNorm2d):
-                conv = layers[-1]
-                assert isinstance(conv, nn.Conv2d)
-                inv_std = torch.rsqrt(op.running_var + op.eps)
-                scale = inv_std if op.weight is None else op.weight * inv_std
-                shift = -op.running_mean * scale
-                if op.bias is not None:
-                    shift = shift + op.bias
-                with torch.no_grad():
-                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                    conv.bias.mul_(scale).add_(shift)
-            elif isinstance(op, nn.Conv2d):
-                layers.append(copy.deepcopy(op))
-            elif isinstance(op, nn.ReLU):
-                layers.append(nn.ReLU(inplace=True))
-            else:
-                layers.append(copy.deepcopy(op))
-        trunk = nn.Sequential(*layers).eval()
+        trunk = nn.Sequential(*copy.deepcopy(list(self.ops))).eval()
+        fold_batch_norms(trunk)
         for p in trunk.parameters():
             p.requires_grad_(False)
         return trunk
