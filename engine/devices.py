@@ -159,8 +159,10 @@ def cpu_has_int8_dot_product() -> bool:
     That needs AVX512-VNNI, AVX-VNNI or AMX-INT8 (and no ``ONEDNN_MAX_CPU_ISA`` cap below
     them). Without them the kernels add pairs of products in saturating int16
     (``vpmaddubsw``): with 8-bit activations the sums overflow and the outputs go wrong
-    (about 65% relative error on R2D2's trunk), so ``models.quantize`` keeps activations
-    to 7 bits on such CPUs.
+    (about 65% relative error on R2D2's trunk with nearest-rounded weights), so
+    ``models.rounding`` limits the weights of each such pair (exact with 8-bit
+    activations), and ``models.quantize`` falls back to 7-bit activations on these CPUs
+    only for layers that rounding does not cover.
     """
     flags = cpu_info()["flags"]
     if not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags):
@@ -191,11 +193,10 @@ def inference_precision(
 
     That is bf16 on GPUs and on CPUs with native bf16. On other CPUs bf16 would be
     emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
-    that int8 keeps the keypoints (``int8_keeps_points``: homographic adaptation, whose
-    labels, aggregated over many warps, kept 97-98% in int8), and fp32 elsewhere. Single-
-    image extraction is such an elsewhere: int8 kept 75-84% of R2D2's keypoints and 93-94%
-    of a trained SuperPoint detector's over six photographs (``benchmarks/``), so it stays
-    an explicit choice.
+    that int8 keeps the keypoints (``int8_keeps_points``: the SuperPoint family, whose int8
+    path kept 96.4% of a trained detector's keypoints over six photographs, and homographic
+    adaptation, 99% of its labels; ``benchmarks/``), and fp32 elsewhere: R2D2's int8 kept
+    84%, so it stays an explicit choice there.
     ``fp32``, ``bf16``, ``int8`` (CPU only) and ``fp16`` (CUDA only) are taken as given.
     """
     if name == "auto":

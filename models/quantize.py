@@ -8,22 +8,26 @@ symmetric int8 weights, uint8 activations with histogram-calibrated ranges) runs
 480x640 about 2-4x faster than fp32 (``benchmarks/bench_superpoint_inference.py`` measures it
 beside the plain fp32 path and reports keypoint agreement).
 
-Activations are 8-bit where the CPU has an int8 dot product (VNNI, AMX) and 7-bit elsewhere:
-the AVX2 kernels add pairs of u8 x s8 products in saturating int16, which 8-bit activations
-overflow (``engine.devices.cpu_has_int8_dot_product``). 7 bits keep every pair in range, so
-the results are exact integer arithmetic on every CPU.
+Weights are rounded by GPTQ (``models.rounding``: each rounding error is moved onto the
+weights not yet rounded, so that the layer's output on the calibration images changes least)
+with a pair limit that keeps the AVX2 kernels exact: without an int8 dot product (VNNI, AMX)
+oneDNN adds the products of input-channel pairs in saturating int16, which 8-bit activations
+times two large same-signed weights overflow. With the limit, activations are 8-bit and the
+results exact integer arithmetic on every CPU (until 2026-12-01, CPUs without an int8 dot
+product got 7-bit activations instead, ``engine.devices.cpu_has_int8_dot_product``).
 
-Before quantisation, cross-layer equalisation (Nagel et al., "Data-Free Quantization Through
+Before rounding, cross-layer equalisation (Nagel et al., "Data-Free Quantization Through
 Weight Equalization and Bias Correction", ICCV 2019; the activation/weight balance of Xiao et
 al.'s SmoothQuant) rescales the channels between consecutive convolutions: ReLU and max-pool
 commute with a positive per-channel scale, so dividing a convolution's output channel by
 ``s`` and multiplying the next convolution's matching input channel by ``s`` leaves the float
-network unchanged, while the activation ranges, quantised per tensor, become even. With a
-trained MagicPoint at 480x640 it raised the keypoint agreement with fp32 from 89.9% to 92.9%
-over six photographs with 7-bit activations (AVX2) and from 92.9% to 93.6% with 8 bits
-(VNNI), and a trained R2D2's from 71.3% to 75.1% (7 bits) and 81.4% to 83.5% (8 bits)
-(``benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``,
-``benchmarks/bench_r2d2_extract.py --weights CKPT``); the time does not change.
+network unchanged, while the activation ranges, quantised per tensor, become even.
+
+Keypoint agreement with fp32 of a trained MagicPoint at 480x640 over six photographs
+(``benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``; AVX2:
+the same CPU with ``ONEDNN_MAX_CPU_ISA=AVX2``): nearest rounding 89.9% (AVX2, 7-bit
+activations) / 92.9% (VNNI, 8-bit); with equalisation 92.9% / 93.6%; with equalisation,
+GPTQ and 8-bit activations everywhere 96.4% / 96.5%. The time does not change.
 
 Calibration uses the photographs bundled with scikit-image (a fixed, local set: the result
 does not depend on the images being extracted), resized to the first image's size. Only the
@@ -45,6 +49,7 @@ from torch import nn
 
 from engine.devices import cpu_has_int8_dot_product
 from models.fusion import fold_batch_norms
+from models.rounding import round_weights, roundable
 
 # oneDNN: the int8 engine whose kernels follow the CPU (AVX2 VPMADDUBSW up to AVX512-VNNI
 # and AMX), and which honours ONEDNN_MAX_CPU_ISA like the fp32 convolutions do.
@@ -86,18 +91,18 @@ def calibration_batch(height: int, width: int, channels: int = 1) -> list[torch.
 
 
 def activation_bits(reduce_range: bool | None = None) -> int:
-    """Bits of the quantised activations: 8 with an int8 dot product, else 7 (or as forced
-    by ``reduce_range``)."""
-    if reduce_range is None:
-        reduce_range = not cpu_has_int8_dot_product()
+    """Bits of the quantised activations: 8, unless ``reduce_range`` forces 7 (what
+    :func:`quantize_static` falls back to on CPUs without an int8 dot product for layers
+    that pair-limited rounding does not cover)."""
     return 7 if reduce_range else 8
 
 
 def precision_label() -> str:
-    """How int8 runs on this CPU, for provenance records: ``int8-cle`` or ``int8-a7-cle``
-    (8- or 7-bit activations, cross-layer equalised; features of earlier versions,
-    recorded as ``int8`` / ``int8-a7``, are not reused)."""
-    return ("int8" if activation_bits() == 8 else "int8-a7") + "-cle"
+    """How int8 runs, for provenance records: ``int8-cle-gptq`` (cross-layer equalised,
+    pair-limited GPTQ weights, 8-bit activations on every CPU). Features of earlier
+    versions, recorded as ``int8``, ``int8-a7``, ``int8-cle`` or ``int8-a7-cle``, are not
+    reused."""
+    return "int8-cle-gptq"
 
 
 def sequential_pairs(seq: nn.Sequential) -> list[tuple[str, tuple[str]]]:
@@ -172,12 +177,17 @@ def equalize_layers(
                 c.weight.mul_(scale.view(1, -1, 1, 1))
 
 
+def _is_float(name: str, float_layers: Sequence[str]) -> bool:
+    return any(name == f or name.startswith(f + ".") for f in float_layers)
+
+
 def quantize_static(
     module: nn.Module,
     calibration: list[torch.Tensor],
     preprocess=None,
     reduce_range: bool | None = None,
     equalize: bool = True,
+    rounding: bool = True,
 ) -> nn.Module:
     """Int8 copy of ``module`` (convolutions, linear layers, ReLUs) calibrated on images.
 
@@ -185,11 +195,14 @@ def quantize_static(
         module: a traceable module ``(B, C, H, W) -> tensor or tuple`` in eval mode.
         calibration: example inputs; the activation ranges are observed on them.
         preprocess: optional function applied to each calibration input first.
-        reduce_range: 7-bit activations; None: where the CPU lacks an int8 dot product
-            (:func:`activation_bits`).
+        reduce_range: 7-bit activations; None: only where the CPU lacks an int8 dot
+            product and some quantised layer is not pair-limited (:func:`activation_bits`).
         equalize: cross-layer equalisation first (:func:`equalize_layers`) of the pairs
             ``module.equalize_pairs`` names, or of a ``Sequential``'s consecutive
             convolutions (:func:`sequential_pairs`).
+        rounding: round the convolution weights by :func:`models.rounding.round_weights`
+            (pair-limited, so 8-bit activations are exact on every CPU) instead of to the
+            nearest step.
 
     Returns:
         A quantised module with the same call signature, float inputs and outputs. Layers
@@ -207,16 +220,27 @@ def quantize_static(
         if pairs:
             fold_batch_norms(module)
             equalize_layers(module, pairs, inputs)
+    float_layers = tuple(getattr(module, "float_layers", ()))
+    weighted = {
+        name: layer
+        for name, layer in module.named_modules()
+        if isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
+        and not _is_float(name, float_layers)
+    }
+    rounded = {}
+    if rounding:
+        names = [n for n, layer in weighted.items() if roundable(layer)]
+        rounded = round_weights(module, names, inputs, pair_limited=True)
+    if reduce_range is None:
+        reduce_range = len(rounded) < len(weighted) and not cpu_has_int8_dot_product()
     from torch.ao.quantization import QConfig, get_default_qconfig_mapping, quantize_fx
 
     torch.backends.quantized.engine = ENGINE
     mapping = get_default_qconfig_mapping(ENGINE)
     default = mapping.global_qconfig
-    reduced = default.activation.with_args(
-        reduce_range=activation_bits(reduce_range) == 7
-    )
+    reduced = default.activation.with_args(reduce_range=reduce_range)
     mapping.set_global(QConfig(activation=reduced, weight=default.weight))
-    for name in getattr(module, "float_layers", ()):
+    for name in float_layers:
         mapping.set_module_name(name, None)
     with warnings.catch_warnings():
         # torch.ao.quantization is marked deprecated in favour of torchao, which is not a
@@ -228,7 +252,22 @@ def quantize_static(
         with torch.inference_mode():
             for x in inputs:
                 prepared(x)
-        return quantize_fx.convert_fx(prepared)
+        quantized = quantize_fx.convert_fx(prepared)
+    # The weight observers re-derive each scale from the largest rounded weight; set the
+    # rounded steps and their scales exactly instead.
+    for name, (steps, scales) in rounded.items():
+        layer = quantized.get_submodule(name)
+        weight = torch.quantize_per_channel(
+            steps.double().mul(scales.view(-1, 1, 1, 1)).float(),
+            scales,
+            torch.zeros(len(scales), dtype=torch.long),
+            0,
+            torch.qint8,
+        )
+        if not torch.equal(weight.int_repr(), steps):
+            raise RuntimeError(f"{name}: the rounded int8 weights did not survive")
+        layer.set_weight_bias(weight, layer.bias())
+    return quantized
 
 
 class SuperPointDense(nn.Module):
