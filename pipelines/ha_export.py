@@ -69,8 +69,8 @@ def label_record(conf: dict, precision: str) -> dict:
     """What this run's label files depend on; each file stores it as JSON ``provenance``.
 
     The detector is named by the SHA-256 of its checkpoint (or, random, by its seed and
-    model config), ``precision`` as run (``int8`` with its activation bits and
-    equalisation, :func:`models.quantize.precision_label`), plus the image size and the
+    model config), ``precision`` as run (``int8`` named by its method,
+    :func:`models.quantize.precision_label`), plus the image size and the
     :data:`LABEL_SETTINGS`. The per-image source file size is added by the caller.
     """
     from utils.config import to_plain
