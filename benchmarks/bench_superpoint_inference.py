@@ -9,8 +9,8 @@ and descriptor sampling, for one 480x640 grayscale photo:
 * ``plain fp32``: this repository's :class:`models.extractor.Extractor` post-processing on the
   plain eager network (contiguous memory), the baseline every other row is a ratio of;
 * ``fp32``: the extractor's fp32 path (channels-last memory, same numbers);
-* ``int8``: static int8 quantisation of the convolutions after cross-layer equalisation
-  (``models.quantize``), the fast path of CPUs without native bf16;
+* ``int8``: static int8 quantisation of the convolutions after cross-layer equalisation,
+  GPTQ-rounded weights (``models.quantize``), the fast path of CPUs without native bf16;
 * ``bf16``: the weights cast once, channels-last (only where the CPU has native bf16);
 * ``onnxruntime``: the ``export.py onnx`` graph in ONNX Runtime (``--onnx``), network only,
   post-processing as the extractor's.
@@ -20,7 +20,8 @@ The network has random weights unless ``--checkpoint`` is given; the detection t
 then set to the quantile of its heatmap that leaves about ``--target-points`` keypoints (at
 0.015 a random network fires everywhere). Reports the median time of ``--repeats`` runs, the
 speed-ups over the reference (target >= 3x) and over plain fp32, and the share of plain-fp32
-keypoints with a keypoint of the path within 1 px, and the reverse (target >= 95%).
+keypoints with a keypoint of the path within 1 px, and the reverse (target >= 95%), and
+the cosine of each path's dense descriptors to plain fp32's.
 
     python benchmarks/bench_superpoint_inference.py [--repeats 5] [--threads 2] [--onnx]
         [--detector CKPT --agreement-photos 6]
@@ -34,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -253,6 +255,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{median['plain fp32'] / median[name]:8.2f}x {len(kps):6d} "
             f"{100 * agreement(baseline, kps):11.1f}% {100 * agreement(kps, baseline):11.1f}%"
         )
+    with torch.inference_mode():
+        exact = plain.dense(tensor)["dense_descriptors"].float()
+        print("dense descriptors vs plain fp32 on the timed photo (cosine per cell):")
+        for name, extractor in extractors.items():
+            if name == "plain fp32":
+                continue
+            other = extractor.dense(tensor)["dense_descriptors"].float()
+            cosine = F.cosine_similarity(exact, other, dim=1).flatten()
+            print(
+                f"{name:>17} mean {float(cosine.mean()):.4f}, 1st percentile "
+                f"{float(cosine.quantile(0.01)):.4f}, min {float(cosine.min()):.4f}"
+            )
     if args.agreement_photos > 1:
         names = PHOTOS[: args.agreement_photos]
         tensors = [torch.from_numpy(photo(n))[None, None] for n in names]

@@ -211,6 +211,8 @@ def round_weights(
 
     The input moments are observed on the float network in one pass over ``inputs``.
     """
+    if not names:
+        return {}
     moments = input_moments(module, names, inputs)
     layers = dict(module.named_modules())
     rounded = {}
