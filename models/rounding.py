@@ -160,9 +160,11 @@ def round_weight(
     w = weight.detach().flatten(1).double() / scales[:, None]  # in steps
     h = moment.double().clone()
     n = h.shape[0]
+    # Inputs silent on the calibration images: their weights are rounded to the nearest
+    # step (unit, uncorrelated moment: no error flows in or out), not zeroed as GPTQ does
+    # for language models; other images may well use them.
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     # Columns with the largest input energy first (GPTQ's "act order").
     order = torch.argsort(torch.diagonal(h), descending=True)
     h = h[order][:, order]

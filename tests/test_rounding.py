@@ -147,3 +147,17 @@ def test_8bit_activations_are_exact_on_cpus_without_an_int8_dot_product():
     worst = json.loads(run.stdout.strip().splitlines()[-1])
     assert worst["True"] <= 1, worst
     assert worst["False"] > 10, worst
+
+
+def test_inputs_silent_in_calibration_keep_their_weights():
+    """A channel the calibration images never excite is rounded to the nearest step, not
+    dropped: other images may excite it."""
+    weight = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    moment = torch.zeros(18, 18, dtype=torch.float64)
+    moment[:9, :9] = torch.eye(9, dtype=torch.float64) + 0.5  # channel 0 only
+    steps, scales = round_weight(weight, moment)
+    nearest = torch.round(weight[:, 1].double() / scales.view(-1, 1, 1)).clamp(
+        -128, 127
+    )
+    assert torch.equal(steps[:, 1].double(), nearest)
+    assert steps[:, 1].abs().sum() > 0
