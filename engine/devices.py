@@ -194,7 +194,7 @@ def inference_precision(
     That is bf16 on GPUs and on CPUs with native bf16. On other CPUs bf16 would be
     emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
     that int8 keeps the keypoints (``int8_keeps_points``: the SuperPoint family, whose int8
-    path kept 96.4% of a trained detector's keypoints over six photographs, and homographic
+    path kept 96.2-96.5% of a trained detector's keypoints over six photographs, and homographic
     adaptation, 99% of its labels; ``benchmarks/``), and fp32 elsewhere: R2D2's int8 kept
     84%, so it stays an explicit choice there.
     ``fp32``, ``bf16``, ``int8`` (CPU only) and ``fp16`` (CUDA only) are taken as given.

@@ -52,7 +52,7 @@ class Extractor:
             once, for CPUs with native bf16 and GPUs), ``int8`` (static int8 quantisation of
             the convolutions, calibrated on the built-in photographs; the fast path of CPUs
             without native bf16, see ``models.quantize``) or ``auto`` (bf16 on GPUs and where
-            it is native, else int8, which kept 96.4% of a trained detector's keypoints,
+            it is native, else int8, which kept 96.2-96.5% of a trained detector's keypoints,
             :func:`engine.devices.inference_precision`).
     """
 

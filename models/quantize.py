@@ -27,7 +27,7 @@ Keypoint agreement with fp32 of a trained MagicPoint at 480x640 over six photogr
 (``benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``; AVX2:
 the same CPU with ``ONEDNN_MAX_CPU_ISA=AVX2``): nearest rounding 89.9% (AVX2, 7-bit
 activations) / 92.9% (VNNI, 8-bit); with equalisation 92.9% / 93.6%; with equalisation,
-GPTQ and 8-bit activations everywhere 96.4% / 96.5%. The time does not change.
+GPTQ and 8-bit activations everywhere 96.3% / 96.2%. The time does not change.
 
 Calibration uses the photographs bundled with scikit-image (a fixed, local set: the result
 does not depend on the images being extracted), resized to the first image's size. Only the
