@@ -49,7 +49,7 @@ from torch import nn
 
 from engine.devices import cpu_has_int8_dot_product
 from models.fusion import fold_batch_norms
-from models.rounding import round_weights, roundable
+from models.rounding import observe_inputs, round_weights, roundable
 
 # oneDNN: the int8 engine whose kernels follow the CPU (AVX2 VPMADDUBSW up to AVX512-VNNI
 # and AMX), and which honours ONEDNN_MAX_CPU_ISA like the fp32 convolutions do.
@@ -90,13 +90,6 @@ def calibration_batch(height: int, width: int, channels: int = 1) -> list[torch.
         )
         images.append(tensor.contiguous())
     return images
-
-
-def activation_bits(reduce_range: bool | None = None) -> int:
-    """Bits of the quantised activations: 8, unless ``reduce_range`` forces 7 (what
-    :func:`quantize_static` falls back to on CPUs without an int8 dot product for layers
-    that pair-limited rounding does not cover)."""
-    return 7 if reduce_range else 8
 
 
 def precision_label() -> str:
@@ -148,17 +141,11 @@ def equalize_layers(
 
         return hook
 
-    hooks = [
-        layers[consumers[0]].register_forward_pre_hook(observe(producer))
-        for producer, consumers in pairs
-    ]
-    try:
-        with torch.inference_mode():
-            for x in inputs:
-                module(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe_inputs(
+        module,
+        {consumers[0]: observe(producer) for producer, consumers in pairs},
+        inputs,
+    )
     with torch.no_grad():
         for producer, consumers in pairs:
             conv = layers[producer]
@@ -198,7 +185,7 @@ def quantize_static(
         calibration: example inputs; the activation ranges are observed on them.
         preprocess: optional function applied to each calibration input first.
         reduce_range: 7-bit activations; None: only where the CPU lacks an int8 dot
-            product and some quantised layer is not pair-limited (:func:`activation_bits`).
+            product and some quantised layer is not pair-limited.
         equalize: cross-layer equalisation first (:func:`equalize_layers`) of the pairs
             ``module.equalize_pairs`` names, or of a ``Sequential``'s consecutive
             convolutions (:func:`sequential_pairs`).

@@ -97,20 +97,29 @@ def input_moments(
 
         return hook
 
-    hooks = []
+    hooks = {}
     for name in names:
         conv = layers[name]
         if not roundable(conv):
             raise ValueError(f"{name}: only ungrouped, zero-padded 2-D convolutions")
-        hooks.append(conv.register_forward_pre_hook(observe(name, conv)))
+        hooks[name] = observe(name, conv)
+    observe_inputs(module, hooks, inputs)
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def observe_inputs(module: nn.Module, hooks: dict, inputs: list[torch.Tensor]) -> None:
+    """Run ``module`` over ``inputs`` (inference mode) with ``hooks[name](layer, args)``
+    as forward pre-hooks of the named submodules; they are removed afterwards, also on
+    error."""
+    layers = dict(module.named_modules())
+    handles = [layers[name].register_forward_pre_hook(h) for name, h in hooks.items()]
     try:
         with torch.inference_mode():
             for x in inputs:
                 module(x)
     finally:
-        for hook in hooks:
-            hook.remove()
-    return {name: sums[name] / counts[name] for name in sums}
+        for handle in handles:
+            handle.remove()
 
 
 def pair_sums(values: torch.Tensor) -> torch.Tensor:
@@ -176,7 +185,6 @@ def round_weight(
     steps = torch.zeros_like(w)
     position = torch.empty_like(order)
     position[order] = torch.arange(n)
-    done = torch.zeros(n, dtype=torch.bool)
     # GPTQ's lazy batches: errors spread within a block column by column, and onto the
     # columns after it in one product (the same result, far less memory traffic).
     for start in range(0, n, BLOCK):
@@ -188,13 +196,13 @@ def round_weight(
             column = int(order[start + j])
             channel, tap = divmod(column, taps)
             partner = (channel ^ 1) * taps + tap
-            if pair_limited and channel ^ 1 < c_in and done[partner]:
+            # The partner is already rounded when it comes earlier in the order.
+            if pair_limited and channel ^ 1 < c_in and position[partner] < start + j:
                 other = steps[:, position[partner]]
                 room = (PAIR_LIMIT - other.abs()).clamp(min=0)
                 same = torch.sign(q) * torch.sign(other) > 0
                 q = torch.where(same, torch.sign(q) * torch.minimum(q.abs(), room), q)
             steps[:, start + j] = q
-            done[column] = True
             errors[:, j] = (block[:, j] - q) / inverse[j, j]
             block[:, j:] -= errors[:, j : j + 1] * inverse[j, j:][None]
         w[:, end:] -= errors @ hinv[start:end, end:]
