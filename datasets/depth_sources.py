@@ -16,11 +16,15 @@ spreads its samples evenly over the scenes of each source.
   ScanNet/Redwood millimetres, 5000 for TUM) with intrinsics given once or per file
   (``<stem>.json`` or ``<stem>.txt`` beside the depth file).
 * :class:`ProceduralSource`: the built-in generator (``datasets.procedural_scenes``).
+
+``python -m datasets.depth_sources --check DIR --source NAME`` checks a dataset folder
+before ``data_gen.py pointclouds`` reads it (:func:`check_depth_folder`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datasets.checks import CheckReport
 from datasets.depth_io import (
     DEPTH_SUFFIXES,
     check_intrinsics_fit,
@@ -38,7 +43,8 @@ from datasets.depth_io import (
 )
 from datasets.scannet_sens import SensReader
 from geometry.camera import intrinsics_matrix
-from utils.errors import UserError
+from utils.arguments import ArgumentParser
+from utils.errors import UserError, run_cli
 
 TASKONOMY_SCALE = 512.0  # depth_zbuffer units per metre
 TASKONOMY_INVALID = 65535
@@ -343,3 +349,105 @@ def spread_evenly(scene_sizes: list[int], count: int) -> list[tuple[int, int]]:
             frames = np.linspace(0, scene_sizes[scene] - 1, quota).round().astype(int)
             picks += [(scene, int(f)) for f in frames]
     return picks
+
+
+# The files each dataset source reads, as ``data_gen.py pointclouds`` finds them.
+SOURCE_FILES = {
+    "scannet": "*.sens",
+    "kenburns": "*-depth.exr",
+    "taskonomy": "*depth_zbuffer.png",
+    "folder": "*" + "|*".join(DEPTH_SUFFIXES),
+}
+
+
+def check_depth_folder(
+    root: str | Path, source: str, shared_intrinsics: bool = False
+) -> CheckReport:
+    """Count the scenes and frames of a depth dataset folder; check every frame's files.
+
+    ScanNet files are indexed (header and every frame's offset); a 3D Ken Burns frame
+    needs its ``-meta.json`` with ``fltFov``, a Taskonomy frame its ``point_info`` JSON
+    with ``field_of_view_rads``, and a folder depth map its ``<stem>.json``/``.txt``
+    intrinsics unless ``shared_intrinsics``. PNG depth maps are checked as images.
+
+    Args:
+        root: the folder given to ``data_gen.py pointclouds --<source>``.
+        source: ``scannet``, ``kenburns``, ``taskonomy`` or ``folder``.
+        shared_intrinsics: ``folder`` only: one ``--intrinsics`` for every file.
+
+    Raises:
+        UserError: unknown source, or ``root`` is not a folder.
+    """
+    if source not in SOURCE_FILES:
+        raise UserError(f"source '{source}' is not one of {', '.join(SOURCE_FILES)}")
+    root = _require_dir(root, "--check")
+    if source == "folder":
+        files = sorted(
+            f for f in root.rglob("*") if f.is_file() and f.suffix in DEPTH_SUFFIXES
+        )
+    else:
+        files = sorted(root.rglob(SOURCE_FILES[source]))
+    report = CheckReport(f"{source} depth {root}")
+    scenes = files if source == "scannet" else {f.parent for f in files}
+    report.count("scenes", len(scenes))
+    report.count("frames", 0 if source == "scannet" else len(files))
+    if not files:
+        report.problem(f"{root}: no {SOURCE_FILES[source]} file")
+    for file in files:
+        try:
+            if source == "scannet":
+                report.count("frames", len(SensReader(file)))
+                continue
+            if file.suffix == ".png":
+                report.check_image(file)
+            elif file.stat().st_size == 0:
+                report.problem(f"{file}: empty file")
+            if source == "kenburns":
+                read_json_field(
+                    kenburns_meta_path(file), "fltFov", "Ken Burns meta JSON"
+                )
+            elif source == "taskonomy":
+                info = taskonomy_info_path(file)
+                read_json_field(info, "field_of_view_rads", "Taskonomy point_info JSON")
+            elif not shared_intrinsics:
+                read_intrinsics_file(FolderSource.intrinsics_path(file))
+        except UserError as err:
+            report.problem(str(err))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m datasets.depth_sources --check DIR --source NAME``."""
+    parser = ArgumentParser(
+        prog="python -m datasets.depth_sources",
+        description="Check a depth dataset folder before data_gen.py pointclouds reads it.",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="DIR",
+        required=True,
+        help="the folder; exit code 1 when a problem is found",
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        choices=sorted(SOURCE_FILES),
+        help="which dataset the folder holds (the data_gen.py pointclouds option)",
+    )
+    parser.add_argument(
+        "--shared-intrinsics",
+        action="store_true",
+        help="folder only: intrinsics will be given once (data_gen.py --intrinsics), "
+        "so depth maps need no <stem>.json / .txt",
+    )
+    args = parser.parse_args(argv)
+    return run_cli(
+        lambda: check_depth_folder(
+            args.check, args.source, args.shared_intrinsics
+        ).finish(),
+        parser.prog,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,8 @@ Protocols evaluate at different resolutions; a resize is described by a short st
 
 Homographies are adapted with :func:`geometry.homography.scale_homography`, in the repository's
 pixel-centre convention. ``python -m datasets.hpatches --root DIR --show`` draws a grid of
-pairs to check the data by eye.
+pairs to check the data by eye; ``python -m datasets.hpatches --check DIR`` checks every
+file of a release before an evaluation (:func:`check_release`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from datasets.checks import CheckReport
 from geometry.homography import scale_homography
 from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
@@ -450,13 +452,74 @@ def show_pairs(dataset: HPatchesPairs, out: Path, num: int = 6) -> Path:
     return out
 
 
+def check_release(
+    root: str | Path, expected: int = NUM_SEQUENCES_RELEASE
+) -> CheckReport:
+    """Count the sequences, images and homographies under ``root``; record every problem.
+
+    The full release holds 116 sequences, 696 images and 580 homographies. Every image
+    must look sound (:func:`datasets.checks.image_file_problem`) and every ``H_1_k``
+    must be a finite, invertible 3x3 matrix.
+
+    Args:
+        root: release folder (or its parent).
+        expected: sequences the folder must hold (0: any number, e.g. for a demo set).
+
+    Raises:
+        UserError: ``root`` is not a folder or holds no ``i_*``/``v_*`` sequence.
+    """
+    root = resolve_root(root)
+    sequences = _sequence_dirs(root)
+    report = CheckReport(f"HPatches {root}")
+    report.count("sequences", len(sequences))
+    report.count("images", 0)
+    report.count("homographies", 0)
+    kinds = [p.name[0] for p in sequences]
+    report.note(f"{kinds.count('i')} i_* and {kinds.count('v')} v_* sequences")
+    if expected and len(sequences) != expected:
+        report.problem(
+            f"{root}: {len(sequences)} sequences where the release has {expected} "
+            "(--sequences 0 accepts any number)"
+        )
+    for folder in sequences:
+        for index in range(1, 7):
+            try:
+                path = find_image(folder, index)
+            except UserError as err:
+                report.problem(str(err))
+                continue
+            report.count("images")
+            report.check_image(path)
+        for k in range(2, 7):
+            try:
+                read_homography(folder / f"H_1_{k}")
+            except UserError as err:
+                report.problem(str(err))
+                continue
+            report.count("homographies")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m datasets.hpatches --root DIR --show``: draw a grid of pairs."""
+    """``--check DIR``: check every file; ``--root DIR --show``: draw a grid of pairs."""
     parser = ArgumentParser(
         prog="python -m datasets.hpatches",
-        description="Inspect an HPatches-format folder (pairs with the image-1 outline).",
+        description="Check an HPatches-format folder, or draw pairs with the image-1 "
+        "outline.",
     )
-    parser.add_argument("--root", required=True, help="release folder or its parent")
+    parser.add_argument(
+        "--check",
+        metavar="DIR",
+        help="check every image and homography of this release folder (or its parent); "
+        "exit code 1 when a problem is found",
+    )
+    parser.add_argument(
+        "--sequences",
+        type=int,
+        default=NUM_SEQUENCES_RELEASE,
+        help="with --check: sequences expected (0: any number, e.g. a demo set)",
+    )
+    parser.add_argument("--root", help="release folder or its parent, for --show")
     parser.add_argument("--resize", default="none", help="none | HxW | shortN | maxN")
     parser.add_argument(
         "--split",
@@ -473,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
+        if args.check:
+            return check_release(args.check, args.sequences).finish()
+        if not args.root:
+            raise UserError("give --check DIR, or --root DIR (with --show)")
         dataset = HPatchesPairs(
             args.root, args.resize, args.split, args.exclude, gray=False
         )

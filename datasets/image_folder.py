@@ -20,7 +20,8 @@ image is named by its path relative to ``root`` without extension; HA labels for
 ``image_size`` (a plain resize, as the reference's COCO pipeline) with their HA labels,
 photometric and homographic augmentation keyed by (seed, index, epoch), for training
 MagicPoint on real images. ``python -m datasets.image_folder --show --root DIR`` writes a
-grid of samples.
+grid of samples; ``python -m datasets.image_folder --check DIR --layout coco`` checks every
+image of a folder before a long run (:func:`check_images`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch.utils.data import Dataset
 
 from datasets.augmentation import Augmentation, augmentation_defaults
 from datasets.base import keypoint_sample
+from datasets.checks import CheckReport
 from datasets.hpatches import IMAGE_EXTENSIONS, read_image
 from geometry.homography import (
     HOMOGRAPHY_PRESETS,
@@ -49,6 +51,11 @@ from utils.errors import UserError, run_cli
 Array = np.ndarray
 LAYOUTS = ("folder", "coco", "kitti")
 SPLITS = ("train", "val", "all")
+
+# Images in the COCO 2014 release, for comparison with a checked folder.
+COCO_2014_IMAGES = {"train2014": 82_783, "val2014": 40_504}
+# Split files of the KITTI layout that the shipped configs read, relative to data.root.
+KITTI_SPLIT_FILES = ("train.txt", "val.txt")
 
 # Homographic augmentation of the reference's magic-point_coco_train.yaml.
 COCO_HOMOGRAPHY: dict[str, Any] = HOMOGRAPHY_PRESETS["coco"]
@@ -319,6 +326,77 @@ class ImageFolder(Dataset):
         }
 
 
+def _check_kitti(root: Path, cameras: list[str], report: CheckReport) -> list[Path]:
+    """Frames of every drive the split files list; problems recorded in ``report``."""
+    frames: list[Path] = []
+    for name in KITTI_SPLIT_FILES:
+        split_file = root / name
+        if not split_file.is_file():
+            report.problem(
+                f"{split_file}: split file not found (the KITTI configs read it: one "
+                "drive folder per line, relative to the root)"
+            )
+            continue
+        for number, line in enumerate(split_file.read_text().splitlines(), 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            target = root / entry
+            if target.is_file():
+                frames.append(target)
+                continue
+            found = [f for cam in cameras for f in _image_files(target / cam / "data")]
+            if not found:
+                report.problem(
+                    f"{split_file}:{number}: '{entry}' has no frames in "
+                    f"{', '.join(c + '/data' for c in cameras)}"
+                )
+            report.count("drives listed")
+            frames += found
+    return frames
+
+
+def check_images(root: str | Path, layout: str = "folder") -> CheckReport:
+    """Count the images of a ``folder``, ``coco`` or ``kitti`` root; check each file.
+
+    ``coco`` needs ``train2014/`` and ``val2014/`` under ``root``; ``kitti`` needs the
+    split files ``train.txt`` and ``val.txt`` under ``root``, each listing drive folders
+    whose ``image_02/data`` and ``image_03/data`` hold the frames (as the shipped
+    configs read them).
+
+    Raises:
+        UserError: unknown layout, or ``root`` is not a folder.
+    """
+    if layout not in LAYOUTS:
+        raise UserError(f"layout '{layout}' is not one of {', '.join(LAYOUTS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image root '{root}' is not a folder")
+    report = CheckReport(f"{layout} images {root}")
+    if layout == "coco":
+        files = []
+        for folder, expected in COCO_2014_IMAGES.items():
+            found = _image_files(root / folder) if (root / folder).is_dir() else []
+            if not found:
+                report.problem(
+                    f"{root / folder}: no images (COCO 2014 has {expected:,})"
+                )
+            report.count(f"{folder} images", len(found))
+            files += found
+        report.note("COCO 2014 has 82,783 train2014 and 40,504 val2014 images")
+    elif layout == "kitti":
+        files = _check_kitti(root, ImageFolder.default_conf["kitti_cameras"], report)
+        report.count("frames", len(files))
+    else:
+        files = _image_files(root)
+        report.count("images", len(files))
+        if not files:
+            report.problem(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for path in files:
+        report.check_image(path)
+    return report
+
+
 def sample_grid(dataset: Dataset, count: int = 8, columns: int = 4) -> Array:
     """BGR grid of samples with their keypoints (red); pairs shown side by side."""
     tiles = []
@@ -346,12 +424,21 @@ def show_main(dataset_cls: type, argv: list[str] | None, prog: str) -> int:
     """``--show``: write a PNG grid of samples of ``dataset_cls`` (shared by pair data)."""
     parser = ArgumentParser(
         prog=prog,
-        description=f"Show samples of {dataset_cls.__name__}.",
+        description=f"Check an image folder, or show samples of {dataset_cls.__name__}.",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="DIR",
+        help="check every image of this root (organised as --layout); exit code 1 when "
+        "a problem is found",
     )
     parser.add_argument("--show", action="store_true", help="write the sample grid")
     parser.add_argument("--root", default="builtin", help="image folder or builtin")
     parser.add_argument(
-        "--layout", default="folder", choices=LAYOUTS, help="how --root is organised"
+        "--layout",
+        default="folder",
+        choices=LAYOUTS,
+        help="how --root (or --check) is organised",
     )
     parser.add_argument("--labels", default=None, help="HA labels folder")
     parser.add_argument(
@@ -367,6 +454,8 @@ def show_main(dataset_cls: type, argv: list[str] | None, prog: str) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
+        if args.check:
+            return check_images(args.check, args.layout).finish()
         if not args.show:
             parser.print_help()
             return 0

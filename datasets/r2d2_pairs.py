@@ -28,7 +28,9 @@ content at a similar scale). Randomness is keyed by ``(seed, index, epoch)``: ca
 :meth:`R2D2PairDataset.set_epoch` each epoch.
 
 ``python -m datasets.r2d2_pairs --show --images DIR`` draws pairs with flow
-correspondences into a PNG.
+correspondences into a PNG; ``--check DIR --type TYPE`` checks a source folder before
+training and ``--write-pairs DIR --type flow|style`` writes the ``pairs.txt`` of NAVER's
+Aachen folders (:mod:`datasets.r2d2_sources`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ import numpy as np
 import torch
 
 from datasets.r2d2_sources import (
+    SOURCE_TYPES,
     PairSource,
+    check_source,
     color_jitter,
     random_rescale,
     resize_flow_target,
+    write_naver_pairs,
 )
 from utils.arguments import ArgumentParser
 from utils.config import merge_config
@@ -281,10 +286,37 @@ def draw_pairs(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``--show`` draws a few pairs into a PNG."""
+    """Command line: ``--check``, ``--write-pairs``, or ``--show`` (a few pairs in a PNG)."""
     parser = ArgumentParser(
         prog="python -m datasets.r2d2_pairs",
-        description="Draw R2D2 training pairs with flow correspondences.",
+        description="Check an R2D2 pair source, write NAVER's pair lists, or draw "
+        "training pairs with flow correspondences.",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="DIR",
+        help="check every file of the source folder DIR (of --type); exit code 1 when "
+        "a problem is found",
+    )
+    parser.add_argument(
+        "--write-pairs",
+        metavar="DIR",
+        help="write DIR/pairs.txt from the file names of NAVER's Aachen flow or style "
+        "folder DIR (--type flow|style)",
+    )
+    parser.add_argument(
+        "--type",
+        default="synthetic",
+        choices=SOURCE_TYPES,
+        help="with --check or --write-pairs: the source type",
+    )
+    parser.add_argument(
+        "--list", help="with --check: the source's image or pair list file"
+    )
+    parser.add_argument(
+        "--db",
+        help="with --write-pairs: Aachen database images (default: "
+        "DIR/../images_upright/db)",
     )
     parser.add_argument("--show", action="store_true", help="draw pairs into a PNG")
     parser.add_argument("--images", help="image folder for a synthetic source")
@@ -297,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
+        if args.check:
+            return check_source(args.check, args.type, args.list).finish()
+        if args.write_pairs:
+            path = write_naver_pairs(args.write_pairs, args.type, args.db)
+            print(f"wrote {path}")
+            return 0
         if not args.show:
             parser.print_help()
             return 0

@@ -2,6 +2,11 @@
 reference's synthetic pairs (rescale, tilt, pixel noise, colour jitter) and :class:`PairSource`,
 which turns one entry of a source into ``(img1, img2, aflow, mask)``. The dataset that crops
 and batches these pairs is :class:`datasets.r2d2_pairs.R2D2PairDataset`.
+
+:func:`check_source` checks a source folder before training, and :func:`write_naver_pairs`
+writes the ``pairs.txt`` of a ``flow`` or ``style`` source from the file names of NAVER's
+published Aachen pairs (``optical_flow/flow/<a>_<b>.png``, ``style_transfer/<a>.jpg.st_*``),
+which name their database images instead of listing them.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from datasets.checks import CheckReport
 from geometry.homography import warp_image, warp_points
 from utils.errors import UserError
+from utils.io import atomic_write_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -302,3 +309,141 @@ class PairSource:
         if self.type == "style":
             image1, aflow = self._distort(image1, aflow, rng)
         return image0, image1, aflow, np.ones((h, w), bool)
+
+
+def _check_pair_list(root: str, list_file: str, report: CheckReport) -> list[list[str]]:
+    """The pairs of a ``pairs.txt`` whose files exist; the other lines are reported."""
+    pairs = []
+    with open(list_file) as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) != 2:
+                report.problem(f"{list_file}:{number}: expected two image paths")
+                continue
+            paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in fields]
+            missing = [p for p in paths if not os.path.isfile(p)]
+            for path in missing:
+                report.problem(f"{list_file}:{number}: {path} not found")
+            if not missing:
+                pairs.append(paths)
+    return pairs
+
+
+def check_source(
+    root: str, kind: str = "synthetic", list_file: str | None = None
+) -> CheckReport:
+    """Count the images and pairs of one source folder; check every file it names.
+
+    Args:
+        root: the source's ``root``.
+        kind: its ``type`` (``synthetic``, ``flow``, ``style`` or ``still``).
+        list_file: its ``list`` (default: every image under ``root`` for ``synthetic``,
+            ``root/pairs.txt`` for the others).
+
+    Raises:
+        UserError: unknown type, ``root`` is not a folder or ``list_file`` is missing.
+    """
+    if kind not in SOURCE_TYPES:
+        raise UserError(f"source type '{kind}' is not one of {', '.join(SOURCE_TYPES)}")
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: source folder not found")
+    if list_file and not os.path.isfile(list_file):
+        raise UserError(f"{list_file}: list file not found")
+    report = CheckReport(f"R2D2 {kind} source {root}")
+    if kind == "synthetic":
+        if list_file:
+            with open(list_file) as f:
+                names = [line.strip() for line in f if line.strip()]
+            images = [n if os.path.isabs(n) else os.path.join(root, n) for n in names]
+        else:
+            images = [
+                os.path.join(folder, name)
+                for folder, _, files in os.walk(root)
+                for name in files
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        report.count("images", len(images))
+        if not images:
+            report.problem(f"{list_file or root}: no images")
+        for path in sorted(images):
+            report.check_image(path)
+        return report
+    list_file = list_file or os.path.join(root, "pairs.txt")
+    if not os.path.isfile(list_file):
+        report.problem(
+            f"{list_file}: pair list not found (for NAVER's Aachen folders, write it with "
+            f"python -m datasets.r2d2_pairs --write-pairs {root} --type {kind})"
+        )
+        return report
+    pairs = _check_pair_list(root, list_file, report)
+    report.count("pairs", len(pairs))
+    for path in sorted({p for pair in pairs for p in pair}):
+        report.check_image(path)
+    if kind == "flow":
+        report.count("masks", 0)
+        for pair in pairs:
+            stem = "_".join(os.path.splitext(os.path.basename(p))[0] for p in pair)
+            report.check_image(os.path.join(root, "flow", f"{stem}.png"))
+            mask = os.path.join(root, "mask", f"{stem}.png")
+            if os.path.isfile(mask):
+                report.count("masks")
+                report.check_image(mask)
+    return report
+
+
+def write_naver_pairs(root: str, kind: str, db: str | None = None) -> str:
+    """Write ``root/pairs.txt`` for NAVER's Aachen ``flow`` or ``style`` folder.
+
+    NAVER's optical-flow pairs are ``root/flow/<a>_<b>.png`` (masks in ``root/mask``), its
+    style-transfer images ``root/<a>.jpg.st_<style>.jpg``, where ``<a>`` and ``<b>`` are
+    the names (without ``.jpg``) of Aachen database images. Each line written names the two
+    images relative to ``root``: ``<db>/<a>.jpg <db>/<b>.jpg`` (flow) or
+    ``<db>/<a>.jpg <a>.jpg.st_<style>.jpg`` (style).
+
+    Args:
+        root: the ``flow`` or ``style`` source folder.
+        kind: ``flow`` or ``style``.
+        db: folder of the database images (searched recursively); default
+            ``root/../images_upright/db``, NAVER's layout.
+
+    Returns:
+        The path of the file written.
+
+    Raises:
+        UserError: another type, no pair found, or a name with no database image.
+    """
+    if kind not in ("flow", "style"):
+        raise UserError(f"--write-pairs needs --type flow or style, not '{kind}'")
+    db = db or os.path.join(root, os.pardir, "images_upright", "db")
+    if not os.path.isdir(db):
+        raise UserError(f"{db}: database image folder not found (--db)")
+    images = {
+        os.path.splitext(name)[0]: os.path.join(folder, name)
+        for folder, _, files in os.walk(db)
+        for name in files
+        if name.lower().endswith(".jpg")
+    }
+    if kind == "flow":
+        folder = os.path.join(root, "flow")
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        named = [(n, n[: -len(".png")].split("_")) for n in names if n.endswith(".png")]
+    else:
+        names = sorted(os.listdir(root))
+        named = [(n, [n.split(".jpg.st_")[0]]) for n in names if ".jpg.st_" in n]
+    if not named:
+        where = os.path.join(root, "flow", "<a>_<b>.png") if kind == "flow" else root
+        raise UserError(f"{where}: no NAVER {kind} pair found")
+    lines = []
+    for name, tags in named:
+        missing = [t for t in tags if t not in images]
+        if missing or len(tags) != (2 if kind == "flow" else 1):
+            raise UserError(
+                f"{name}: no database image '{missing or tags}.jpg' in {db}"
+            )
+        paths = [os.path.relpath(images[t], root) for t in tags]
+        lines.append(" ".join(paths if kind == "flow" else [*paths, name]))
+    path = os.path.join(root, "pairs.txt")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
