@@ -1,7 +1,7 @@
 """Export labels and models: ``python export.py COMMAND --help``.
 
 python export.py homography_adaptation configs/magicpoint_coco_export.yaml \
-    --images data/COCO --out data/coco_ha --checkpoint logs/magicpoint/checkpoints/best.pt
+    --images data/coco --out data/coco_ha --checkpoint logs/magicpoint/checkpoints/best.pt
 python export.py onnx --checkpoint pretrained/superpoint_v1.pth --out superpoint.onnx
 python export.py reconstruct --checkpoint logs/inv/checkpoints/best.pt --images DIR \
     --features sift --out outputs/reconstructed
