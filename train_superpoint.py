@@ -19,8 +19,7 @@ from datasets import get_dataset
 from engine.cli import main_from, parse, resolve_run, train
 from engine.trainer import TRAIN_DEFAULTS, Trainer
 from models import build_model, get_model
-from models.superpoint import match_panels
-from utils.visualize import detector_panels
+from visualization.superpoint import superpoint_panels
 
 EVAL_DEFAULTS = {"detection_threshold": 0.001, "nms_radius": 4, "correct_distance": 4.0}
 
@@ -38,12 +37,6 @@ def defaults(user: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def panels(batch: dict, pred: dict) -> dict:
-    if "image0" in batch:  # joint training pairs: heatmaps and descriptor matches
-        return match_panels(batch, pred)
-    return detector_panels(batch, pred)
-
-
 def run(argv: Sequence[str] | None = None) -> Trainer:
     """Parse, build and train; returns the finished :class:`Trainer` (tests inspect it)."""
     args = parse(argv, "train_superpoint.py", __doc__.split("\n")[0])
@@ -55,6 +48,7 @@ def run(argv: Sequence[str] | None = None) -> Trainer:
         model = build_model(conf["model"], conf["loss"])
         return model, dataset_cls(data_conf, "train"), dataset_cls(data_conf, "val")
 
+    panels = superpoint_panels(conf["model"])
     return train(args, conf, exp_dir, resume, build, panels=panels)
 
 

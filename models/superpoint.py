@@ -198,29 +198,7 @@ class SuperPoint(BaseModel):
             ``keypoints`` list of ``(N_i, 2)`` (x, y), ``keypoint_scores`` list of ``(N_i,)``
             and, with the descriptor head, ``descriptors`` list of ``(N_i, D)``.
         """
-        conf = {**self.conf, **overrides}
-        magicleap = conf["descriptor_sampling"] == "magicleap"
-        threshold = conf["detection_threshold"]
-        if magicleap:
-            # The MagicLeap frontend keeps scores >= threshold; extract_keypoints keeps >.
-            threshold = float(
-                torch.nextafter(torch.tensor(threshold), torch.tensor(0.0))
-            )
-        keypoints, scores = extract_keypoints(
-            pred["heatmap"],
-            threshold=threshold,
-            nms_radius=conf["nms_radius"],
-            border=conf["remove_borders"],
-            top_k=conf["top_k"],
-        )
-        out = {"keypoints": keypoints, "keypoint_scores": scores}
-        if "dense_descriptors" in pred:
-            sample = sample_descriptors_magicleap if magicleap else sample_descriptors
-            out["descriptors"] = [
-                sample(k[None], d[None])[0]
-                for k, d in zip(keypoints, pred["dense_descriptors"])
-            ]
-        return out
+        return detect(pred, {**self.conf, **overrides})
 
     def loss(self, pred: dict[str, Any], data: dict[str, Any]):
         """Detector loss (MagicPoint); for pairs, both detector losses + descriptor loss.
@@ -321,58 +299,6 @@ class SuperPoint(BaseModel):
         return out
 
 
-def match_panels(
-    batch: dict, pred: dict, max_matches: int = 200
-) -> dict[str, torch.Tensor]:
-    """TensorBoard panels of the first pair: heatmaps and mutual-NN keypoint matches.
-
-    Matches are drawn green when the keypoint of view 0, warped by ``H_0to1``, lands
-    within 3 px of its match in view 1, red otherwise.
-    """
-    import cv2
-    import numpy as np
-
-    from utils.visualize import colorize, draw_points, to_chw, to_rgb_uint8
-
-    images = [to_rgb_uint8(batch[f"image{v}"][0]) for v in "01"]
-    panels = {
-        "heatmap0": to_chw(colorize(pred["heatmap0"][0])),
-        "heatmap1": to_chw(colorize(pred["heatmap1"][0])),
-    }
-    if "dense_descriptors0" not in pred:
-        return panels
-    kps, descs = [], []
-    for v in "01":
-        heat = pred[f"heatmap{v}"][:1].float()
-        k, _ = extract_keypoints(heat, 0.015, 4, border=4, top_k=max_matches * 2)
-        d = sample_descriptors(k[0][None], pred[f"dense_descriptors{v}"][:1])[0]
-        kps.append(k[0])
-        descs.append(d)
-    canvas = np.concatenate([images[0], images[1]], axis=1)
-    w = images[0].shape[1]
-    if len(kps[0]) and len(kps[1]):
-        sim = descs[0] @ descs[1].t()
-        nn01, nn10 = sim.argmax(1), sim.argmax(0)
-        mutual = torch.nonzero(nn10[nn01] == torch.arange(len(nn01)))[:, 0]
-        mutual = mutual[:max_matches]
-        H = batch["H_0to1"][0].detach().cpu().double()
-        p0 = kps[0][mutual].cpu().double()
-        p1 = kps[1][nn01[mutual]].cpu().double()
-        h = torch.cat([p0, torch.ones(len(p0), 1, dtype=p0.dtype)], 1) @ H.t()
-        err = (h[:, :2] / h[:, 2:] - p1).norm(dim=1)
-        for a, b, e in zip(p0.tolist(), p1.tolist(), err.tolist()):
-            color = (0, 255, 0) if e <= 3 else (255, 0, 0)
-            start = (int(round(a[0])), int(round(a[1])))
-            end = (int(round(b[0])) + w, int(round(b[1])))
-            cv2.line(canvas, start, end, color, 1, cv2.LINE_AA)
-    canvas = draw_points(canvas, kps[0], (255, 255, 0))
-    shifted = kps[1].clone()
-    shifted[:, 0] += w
-    canvas = draw_points(canvas, shifted, (255, 255, 0))
-    panels["matches"] = to_chw(canvas)
-    return panels
-
-
 class MagicPoint(SuperPoint):
     """SuperPoint without the descriptor head (trained on Synthetic Shapes)."""
 
@@ -387,6 +313,41 @@ def logits_to_heatmap(logits: torch.Tensor) -> torch.Tensor:
     """
     prob = torch.softmax(logits.float(), dim=1)[:, :-1]
     return F.pixel_shuffle(prob, CELL)[:, 0]
+
+
+def detect(pred: dict[str, Any], conf: dict[str, Any]) -> dict[str, list[torch.Tensor]]:
+    """Keypoints (and descriptors) of dense predictions under the post-processing ``conf``.
+
+    Args:
+        pred: ``heatmap`` ``(B, H, W)`` and optionally ``dense_descriptors``
+            ``(B, D, H/8, W/8)`` (the output of ``SuperPoint.forward``).
+        conf: ``detection_threshold``, ``nms_radius``, ``remove_borders``, ``top_k`` and
+            ``descriptor_sampling`` (a model config, see :class:`SuperPoint`).
+
+    Returns:
+        ``keypoints`` list of ``(N_i, 2)`` (x, y), ``keypoint_scores`` list of ``(N_i,)``
+        and, with dense descriptors, ``descriptors`` list of ``(N_i, D)``.
+    """
+    magicleap = conf["descriptor_sampling"] == "magicleap"
+    threshold = conf["detection_threshold"]
+    if magicleap:
+        # The MagicLeap frontend keeps scores >= threshold; extract_keypoints keeps >.
+        threshold = float(torch.nextafter(torch.tensor(threshold), torch.tensor(0.0)))
+    keypoints, scores = extract_keypoints(
+        pred["heatmap"],
+        threshold=threshold,
+        nms_radius=conf["nms_radius"],
+        border=conf["remove_borders"],
+        top_k=conf["top_k"],
+    )
+    out = {"keypoints": keypoints, "keypoint_scores": scores}
+    if "dense_descriptors" in pred:
+        sample = sample_descriptors_magicleap if magicleap else sample_descriptors
+        out["descriptors"] = [
+            sample(k[None], d[None])[0]
+            for k, d in zip(keypoints, pred["dense_descriptors"])
+        ]
+    return out
 
 
 def sample_descriptors(keypoints: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

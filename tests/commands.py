@@ -29,6 +29,7 @@ PACKAGES = (
     "losses",
     "pipelines",
     "evaluators",
+    "visualization",
     "engine",
     "geometry",
     "utils",
