@@ -44,23 +44,37 @@ def force_backend(backend: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        print("usage: shared_gpu.py SCRIPT [ARGS...]", file=sys.stderr)
-        return 2
-    import torch
+    import argparse
 
-    share_gpus(torch.cuda.device_count(), os.environ)
-    force_backend(os.environ.get("GPU_CHECK_BACKEND"))
-    os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
-    sys.argv = [str(ROOT / argv[0]), *argv[1:]]
-    try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    from utils.arguments import ArgumentParser
+    from utils.errors import UserError, run_cli
+
+    parser = ArgumentParser(
+        prog="benchmarks/shared_gpu.py", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("script", help="a script of the repository, e.g. export.py")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        import torch
+
+        script = ROOT / args.script
+        if script.suffix != ".py" or not script.is_file():
+            raise UserError(f"'{args.script}' is not a script of the repository")
+        share_gpus(torch.cuda.device_count(), os.environ)
+        force_backend(os.environ.get("GPU_CHECK_BACKEND"))
+        os.chdir(ROOT)
+        sys.argv = [str(script), *args.args]
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        return 0
+
+    return run_cli(run, "shared_gpu.py")
 
 
 if __name__ == "__main__":
