@@ -2,8 +2,9 @@
 
 ``--device auto`` takes the first CUDA GPU when there is one, else the CPU. Precision ``auto``
 picks bf16 autocast on a CPU that has native bf16 (AMX or AVX512-BF16, where it makes
-SuperPoint-sized convnets several times faster), bf16 on CUDA GPUs that support it (fp16 with a
-gradient scaler otherwise), and fp32 elsewhere.
+SuperPoint-sized convnets several times faster), bf16 on CUDA GPUs that compute it natively
+(compute capability 8.0 or newer: A100, H100, RTX 30xx and later), fp16 with a gradient scaler
+on older GPUs (V100, T4, RTX 20xx), and fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -170,6 +171,17 @@ def cpu_has_int8_dot_product() -> bool:
     return _onednn_isa_cap() not in _NO_VNNI_ISAS
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bf16 natively: compute capability 8.0 or newer.
+
+    Older GPUs (V100 is 7.0, T4 7.5) run bf16 through slow emulation, although
+    ``torch.cuda.is_bf16_supported()`` says yes there (it counts emulation), so it is not
+    asked: ``precision=auto`` takes fp16 with the gradient scaler on them instead.
+    """
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """Pick the autocast precision for ``device`` (see module docstring)."""
     if name not in PRECISIONS:
@@ -181,7 +193,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
             )
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
