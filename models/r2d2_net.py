@@ -186,12 +186,17 @@ class R2D2Net(nn.Module):
     def confidence_maps(
         features: torch.Tensor, clf: nn.Module, sal: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reliability and repeatability ``(B, 1, H, W)`` from raw features."""
-        squared = features * features
-        reliability = F.softmax(clf(squared), dim=1)[:, 1:2]
-        # The reference uses softplus (not a softmax) for repeatability: keep it, the
-        # published weights were trained that way.
-        soft = F.softplus(sal(squared))
+        """Reliability and repeatability ``(B, 1, H, W)``, float32, from raw features.
+
+        The squares and both heads run in float32 outside autocast, as the extractor
+        computes them: a raw feature above 256 squares past fp16's range (65504) to inf.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            squared = features.float().square()
+            reliability = F.softmax(clf(squared), dim=1)[:, 1:2]
+            # The reference uses softplus (not a softmax) for repeatability: keep it, the
+            # published weights were trained that way.
+            soft = F.softplus(sal(squared))
         return reliability, soft / (1 + soft)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
