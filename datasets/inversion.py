@@ -121,6 +121,8 @@ class InversionDataset(Dataset):
         self.sources: list[ImageSource] = list_images(self.conf["images"])
         self.online = self.conf["features"] == "online"
         self._extractor = extractor
+        # One built here (not handed in) is built again by each spawned loader worker.
+        self._own_extractor = extractor is None
         if self.online:
             self.descriptor_dim = self._online_descriptor_dim()
         else:
@@ -164,7 +166,8 @@ class InversionDataset(Dataset):
     # ------------------------------------------------------------ features
     @property
     def extractor(self) -> Any:
-        """The online extractor, built on first use (in each loader worker)."""
+        """The online extractor, built on first use: by the descriptor-width probe of the
+        constructor, and again by each spawned loader worker (:meth:`__getstate__`)."""
         if self._extractor is None:
             from models.extractor import build_extractor
 
@@ -174,6 +177,32 @@ class InversionDataset(Dataset):
                 dict(self.conf["extractor_conf"]),
             )
         return self._extractor
+
+    @property
+    def worker_start_method(self) -> str | None:
+        """``spawn`` when the online extractor runs on a GPU, else None (the default).
+
+        A forked loader worker cannot use CUDA once its parent has (the training process
+        always has), so each worker is spawned and builds its own extractor on the GPU
+        of this process: one CUDA context and one copy of the model per worker.
+        """
+        if not self.online:
+            return None
+        device = str(getattr(self.extractor, "device", "cpu"))
+        return "spawn" if device.startswith("cuda") else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a spawned loader worker receives: the dataset without the extractor built
+        here, and with its GPU named by index (``cuda`` or ``auto`` means this process's
+        current GPU, which a new process would take as GPU 0)."""
+        state = dict(self.__dict__)
+        if self._own_extractor and state["_extractor"] is not None:
+            device = self.conf["extractor_device"]
+            if device in ("auto", "cuda") and torch.cuda.is_initialized():
+                device = f"cuda:{torch.cuda.current_device()}"
+            state["conf"] = {**self.conf, "extractor_device": device}
+            state["_extractor"] = None
+        return state
 
     def _online_descriptor_dim(self) -> int:
         # A textured probe image: the descriptor width is known even if it finds nothing.
@@ -421,7 +450,10 @@ def build_datasets(
     train_set = InversionDataset(data, "train")
     val_conf = {**data, "images": conf["val_images"] or data["images"], "repeat": 1}
     extractor = train_set.extractor if train_set.online else None
-    return train_set, InversionDataset(val_conf, "val", extractor=extractor)
+    val_set = InversionDataset(val_conf, "val", extractor=extractor)
+    # Same extractor settings: spawned loader workers build it again, as for training.
+    val_set._own_extractor = True
+    return train_set, val_set
 
 
 def fill_input_channels(
