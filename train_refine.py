@@ -38,6 +38,7 @@ from datasets.inversion import (
 from engine.cli import check_init_weights, main_from, parse, resolve_run, train
 from engine.devices import autocast
 from engine.state import build_optimizer
+from engine.step_policy import StepVerdict, apply_update, step_outcome
 from engine.trainer import TRAIN_DEFAULTS, Trainer
 from models.inversion import inversion_panels
 from models.refiner import RefinerModel
@@ -138,9 +139,10 @@ class RefineTrainer(Trainer):
 
     def generator_update(
         self, batch: dict[str, Any], pred: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], bool]:
-        """Generator loss (pixel, perceptual, adversarial) and one optimiser step; the
-        discriminator's parameters get no gradient. Returns ``(losses, finite)``."""
+    ) -> tuple[dict[str, torch.Tensor], StepVerdict]:
+        """Generator loss (pixel, perceptual, adversarial) and one optimiser step when it
+        and its gradients are finite; the discriminator's parameters get no gradient.
+        Returns ``(losses, verdict)`` (``engine.step_policy``)."""
         self.optimizer.zero_grad(set_to_none=True)
         discriminator = self.model.discriminator
         discriminator.requires_grad_(False)
@@ -152,18 +154,15 @@ class RefineTrainer(Trainer):
             discriminator.requires_grad_(True)
         self.scaler.unscale_(self.optimizer)
         norm = self._clip(self.model.generator_parameters())
-        finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(losses["total"]))
-        if finite or self.precision == "fp16":
-            self.scaler.step(self.optimizer)
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        verdict = self.judge_step(losses["total"], norm)
+        apply_update(self.optimizer, self.scaler, verdict)
         detached = {k: v.detach().float() for k, v in losses.items()}
         detached["grad_norm"] = norm.detach().float()
-        return detached, finite
+        return detached, verdict
 
     def train_step(
         self, batch: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+    ) -> tuple[dict[str, torch.Tensor], dict, str]:
         """One GAN step (see module docstring); logs the discriminator's loss and
         whether it stepped (``d_step``) next to the generator's terms."""
         batch = self.memory_format(batch)
@@ -171,13 +170,13 @@ class RefineTrainer(Trainer):
             pred = self.net(batch)
         allowed = self.step % self.model.loss_conf["d_every"] == 0
         d_loss, stepped = self.discriminator_update(batch, pred, allowed)
-        losses, finite = self.generator_update(batch, pred)
+        losses, verdict = self.generator_update(batch, pred)
         self.scaler.update()
         self.d_scheduler.step()
         self.d_updates += int(stepped)
         losses["discriminator"] = d_loss
         losses["d_step"] = torch.tensor(float(stepped))
-        return losses, pred, finite
+        return losses, pred, step_outcome(verdict, self.scaler)
 
 
 def run(argv: Sequence[str] | None = None) -> Trainer:

@@ -20,6 +20,7 @@ from typing import Any
 import torch.distributed as dist
 
 from engine.distributed import cleanup_distributed, init_distributed
+from engine.reproducibility import configure_determinism
 from engine.state import (
     check_training_checkpoint,
     latest_checkpoint,
@@ -173,6 +174,8 @@ def train(
     runs, so a run's initial weights depend only on ``train.seed``. ``trainer_cls`` is a
     :class:`Trainer` subclass for tasks with their own step (the GAN refiner).
     """
+    # Before any CUDA work: cuBLAS reads its deterministic workspace setting when it starts.
+    configure_determinism(conf["train"]["deterministic"])
     dist_info, device = init_distributed(conf["train"]["device"])
     trainer = None
     try:

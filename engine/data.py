@@ -4,17 +4,19 @@ Samples are dicts. Tensors (and NumPy arrays) of equal shape across the batch ar
 anything else (variable-length keypoint sets, names) is kept as a list, so a batch of
 synthetic shapes carries ``keypoints`` as a list of ``(N_i, 2)`` tensors. The sampler's order
 is a pure function of ``(seed, epoch)`` and can start mid-epoch, which is what makes
-``--resume`` replay exactly the batches an uninterrupted run would see.
+``--resume`` replay exactly the batches an uninterrupted run would see. :func:`make_loader`
+builds the engine's data loaders.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.distributed import DistInfo
 
@@ -78,3 +80,43 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C: the main process finishes its step with their batches
+    and shuts them down itself (a worker ended by it would fail the step instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler | Iterable[int],
+    batch_size: int,
+    workers: int,
+    collate_fn: Callable,
+    device: torch.device,
+    seed: int = 0,
+) -> DataLoader:
+    """A loader of ``dataset`` in ``sampler``'s order for a training process on ``device``.
+
+    Workers ignore Ctrl-C and start with the dataset's ``worker_start_method`` when it has
+    one: a dataset running a model on the GPU in its workers needs ``spawn``, since a forked
+    process cannot use CUDA once its parent has.
+    """
+    # A private generator: creating a loader must not consume the global torch RNG, or a
+    # resumed run (which creates its loader at another moment) would diverge.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        multiprocessing_context=getattr(dataset, "worker_start_method", None)
+        if workers > 0
+        else None,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,6 +1,7 @@
-"""Training state helpers of the engine: seeding and RNG snapshots, optimisers, learning-rate
-schedules, and finding, checking and matching checkpoints. Everything here is task-agnostic and
-stateless; the :class:`engine.trainer.Trainer` owns the state itself.
+"""Training state helpers of the engine: seeding, optimisers, learning-rate schedules, and
+finding, checking and matching checkpoints (random-state snapshots are in
+``engine.reproducibility``). Everything here is task-agnostic and stateless; the
+:class:`engine.trainer.Trainer` owns the state itself.
 """
 
 from __future__ import annotations
@@ -21,34 +22,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 SCHEDULES = ("constant", "cosine", "linear", "multistep", "cosine_restarts", "plateau")
-
-
-def rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": (
-            kind,
-            torch.from_numpy(keys.astype(np.int64)),
-            pos,
-            has_gauss,
-            cached,
-        ),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:

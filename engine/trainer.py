@@ -8,25 +8,30 @@ panels. The engine owns everything else:
   images/s and the share of step time spent waiting for data; image panels;
 * validation every ``val_every`` steps on a fixed stream (the validation set at epoch 0);
 * checkpoints written atomically, the last ``keep_last`` kept plus ``best.pt`` by a metric;
-* exact ``--resume``: model, optimiser, scheduler, gradient scaler, step, best value and every
-  RNG state, with data order and augmentation fixed by (seed, epoch, index) so resuming replays
-  exactly the batches an uninterrupted run would see;
-* Ctrl-C finishes the current step, saves a checkpoint and exits (a second Ctrl-C aborts);
-* NaN/inf policy (``nan_policy``): ``skip`` drops the update of a step whose loss or gradient
-  is not finite and stops after ``max_nan_steps`` such steps in a row, without saving the
-  broken state; ``stop`` stops at the first one;
-* devices, autocast (bf16/fp16) and DistributedDataParallel through ``torchrun``.
+* ``--resume``: model, optimiser, scheduler, gradient scaler, step, best value and the random
+  state of every rank, with data order and augmentation fixed by (seed, epoch, index) so
+  resuming replays the batches an uninterrupted run would see (bit-exact where
+  ``engine.reproducibility`` says);
+* Ctrl-C (on any rank: torchrun passes it to every process) finishes the current step on
+  every rank, saves a checkpoint and exits (a second Ctrl-C aborts);
+* NaN/inf policy (``nan_policy``, ``engine.step_policy``): ``skip`` drops the update of a
+  step whose loss or gradient is not finite and stops after ``max_nan_steps`` such steps in
+  a row, without saving the broken state; ``stop`` stops at the first one; fp16's ordinary
+  gradient-scaler overflows are not such steps;
+* devices, autocast (bf16/fp16), cuDNN autotuning for fixed-size batches, deterministic
+  kernels (``deterministic``) and DistributedDataParallel through ``torchrun``
+  (``find_unused_parameters``).
 
 Tasks needing a different step (e.g. a GAN alternating two optimisers) subclass
 :class:`Trainer` and override :meth:`Trainer.train_step`, :meth:`Trainer.build_optimizers`
 (more optimisers, each with :meth:`Trainer.make_scheduler`) and :meth:`Trainer.extra_state` /
-:meth:`Trainer.load_extra_state` (what else a checkpoint holds).
+:meth:`Trainer.load_extra_state` (what else a checkpoint holds); a ``train_step`` judges its
+update with :meth:`Trainer.judge_step` (which also carries Ctrl-C across ranks).
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import signal
 import time
 import warnings
@@ -41,22 +46,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from engine.data import ResumableSampler, collate
+from engine.checkpointing import CheckpointMixin
+from engine.data import ResumableSampler, collate, make_loader
 from engine.devices import autocast, move_to_device, resolve_precision
-from engine.distributed import DistInfo, all_reduce_sums
-from engine.state import (
-    PlateauScale,
-    build_optimizer,
-    check_training_checkpoint,
-    first_state_mismatch,
-    lr_factor,
-    rng_state,
-    seed_everything,
-    set_rng_state,
+from engine.distributed import DistInfo, reduce_means
+from engine.reproducibility import configure_backends, deterministic_failure
+from engine.state import PlateauScale, build_optimizer, lr_factor, seed_everything
+from engine.step_policy import (
+    NanPolicy,
+    StepVerdict,
+    apply_update,
+    judge_step,
+    step_outcome,
 )
-from utils.config import save_config, to_plain
+from utils.config import save_config
 from utils.errors import UserError
-from utils.io import atomic_torch_save, ensure_writable_dir, load_checkpoint
+from utils.io import ensure_writable_dir
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -99,6 +104,15 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "best_mode": "min",
     "nan_policy": "skip",
     "max_nan_steps": 20,
+    # Deterministic kernels and cuBLAS workspace, for bit-exact CUDA runs and resumes
+    # (slower; an operation without a deterministic CUDA kernel stops the run).
+    "deterministic": False,
+    # cuDNN autotuning: auto = on for CUDA training while batches keep one size, off with
+    # deterministic; true / false force it.
+    "cudnn_benchmark": "auto",
+    # DDP: auto = what the model declares (may_leave_parameters_unused, e.g. SuperPoint's
+    # descriptor head on single images); true / false force it.
+    "find_unused_parameters": "auto",
     "channels_last": False,
     # CPU/GPU speed switches (README, "Speed"): torch.compile of the network (inductor), and
     # the number of intra-op threads of the training process (0: PyTorch's default, one per
@@ -111,15 +125,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     """Runs training for one task (see module docstring).
 
     Args:
         conf: the full resolved config (its ``train`` section drives the engine).
         model: a ``BaseModel`` (``forward(batch) -> pred``, ``loss(pred, batch)``, optional
-            ``metrics(pred, batch)``).
+            ``metrics(pred, batch)``, optional ``may_leave_parameters_unused(sample)``).
         train_set, val_set: map-style datasets returning sample dicts (``set_epoch`` is called
-            when they have it).
+            when they have it; ``worker_start_method``, when set, is the start method of
+            their loader workers).
         exp_dir: run folder (``logs/<experiment>``).
         dist_info, device: from :func:`engine.distributed.init_distributed`.
         panels: optional ``(batch, pred) -> {name: (3, H, W) tensor in [0, 1]}`` for TensorBoard.
@@ -149,10 +164,15 @@ class Trainer:
         self.precision = resolve_precision(self.tconf["precision"], device)
         self.panels, self.overfit, self.collate_fn = panels, overfit, collate_fn
         self.train_set, self.val_set = train_set, val_set
-        if self.tconf["nan_policy"] not in ("skip", "stop"):
-            raise UserError("config key 'train.nan_policy' must be 'skip' or 'stop'")
+        self.nan_policy = NanPolicy(
+            self.tconf["nan_policy"], self.tconf["max_nan_steps"]
+        )
         if self.tconf["best_mode"] not in ("min", "max"):
             raise UserError("config key 'train.best_mode' must be 'min' or 'max'")
+        self.autotune = configure_backends(
+            self.tconf["deterministic"], self.tconf["cudnn_benchmark"], device
+        )
+        self._input_shapes: tuple | None = None
 
         seed_everything(self.tconf["seed"], dist_info.rank)
         self.model = model.to(device)
@@ -161,9 +181,12 @@ class Trainer:
         if self.tconf["num_threads"] > 0:
             torch.set_num_threads(self.tconf["num_threads"])
         self.net: torch.nn.Module = self.model
+        find_unused = self._find_unused_parameters()
         if dist_info.enabled:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
+                self.model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=find_unused,
             )
         if self.tconf["compile"]:
             # Only the network's forward is compiled; the parameters stay those of
@@ -189,11 +212,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=self.precision == "fp16"
         )
-        self.step, self.nan_streak = 0, 0
+        self.step = 0
         self.best: float | None = None
         # Cumulative seconds of this process: waiting for batches / whole training steps.
         self.data_wait_s, self.step_time_s = 0.0, 0.0
         self._stop_requested = False
+        self._stop_agreed: bool | None = None
 
         if len(train_set) < self.tconf["batch_size"] * dist_info.world_size:
             raise UserError(
@@ -220,6 +244,28 @@ class Trainer:
             # by the resumed run; purging them keeps one curve instead of two overlapping.
             purge = None if self.resumed_from is None else self.resumed_from + 1
             self.writer = SummaryWriter(log_dir=str(self.exp_dir), purge_step=purge)
+
+    @property
+    def nan_streak(self) -> int:
+        """Non-finite steps in a row so far (``train.max_nan_steps`` bounds it)."""
+        return self.nan_policy.streak
+
+    def _find_unused_parameters(self) -> bool:
+        """``train.find_unused_parameters`` for DDP; ``auto`` asks the model about the
+        first training sample (a SuperPoint with a descriptor head on single images
+        leaves that head without gradient, which DDP must be told)."""
+        setting = self.tconf["find_unused_parameters"]
+        if isinstance(setting, bool):
+            return setting
+        if setting != "auto":
+            raise UserError(
+                "config key 'train.find_unused_parameters' must be auto, true or false, "
+                f"got {setting!r}"
+            )
+        declare = getattr(self.model, "may_leave_parameters_unused", None)
+        if not self.dist.enabled or declare is None:
+            return False
+        return bool(declare(self.train_set[0]))
 
     # ------------------------------------------------------------ optimisers
     def build_optimizers(self) -> None:
@@ -254,18 +300,14 @@ class Trainer:
     def _loader(
         self, dataset: Dataset, sampler: Sampler, workers: int, seed: int = 0
     ) -> DataLoader:
-        # A private generator: creating a loader must not consume the global torch RNG, or a
-        # resumed run (which creates its loader at another moment) would diverge.
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=self.tconf["batch_size"],
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=self.collate_fn,
-            pin_memory=self.device.type == "cuda",
-            drop_last=False,
-            prefetch_factor=4 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
+            sampler,
+            self.tconf["batch_size"],
+            workers,
+            self.collate_fn,
+            self.device,
+            seed,
         )
 
     def _train_batches(self) -> Iterator[dict[str, Any]]:
@@ -285,6 +327,23 @@ class Trainer:
                     while True:
                         yield batch
             epoch, start = epoch + 1, 0
+
+    def _watch_input_size(self, batch: dict[str, Any]) -> None:
+        """Turn cuDNN autotuning (``cudnn_benchmark: auto``) off once batches change size:
+        it benchmarks every new shape again."""
+        if not self.autotune or self.tconf["cudnn_benchmark"] is True:
+            return
+        shapes = tuple(
+            tuple(v.shape)
+            for v in batch.values()
+            if isinstance(v, torch.Tensor) and v.dim() == 4
+        )
+        if self._input_shapes is None:
+            self._input_shapes = shapes
+        elif shapes != self._input_shapes:
+            torch.backends.cudnn.benchmark = self.autotune = False
+            if self.dist.is_main:
+                tqdm.write("note: training batches change size: cuDNN autotuning off")
 
     # ------------------------------------------------------------- training
     def memory_format(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -306,14 +365,22 @@ class Trainer:
         losses, metrics = self.model.loss(pred, batch)
         return pred, losses, metrics
 
+    def judge_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> StepVerdict:
+        """:func:`engine.step_policy.judge_step` of this step, carrying this rank's Ctrl-C
+        to every rank; a ``train_step`` calls it once, after unscaling and clipping."""
+        verdict = judge_step(loss, grad_norm, self._stop_requested)
+        self._stop_agreed = verdict.stop
+        return verdict
+
     def train_step(
         self, batch: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], dict, bool]:
+    ) -> tuple[dict[str, torch.Tensor], dict, str]:
         """One optimisation step.
 
         Returns:
-            ``(losses, pred, applied)``: detached loss terms, predictions (for panels) and
-            whether the update was applied (False when skipped by the NaN policy).
+            ``(losses, pred, outcome)``: detached loss terms (on the device), predictions
+            (for panels) and the step's outcome (``engine.step_policy``: ``applied``,
+            ``overflow`` or ``nonfinite``).
         """
         self.optimizer.zero_grad(set_to_none=True)
         pred, losses, _ = self.forward_loss(batch)
@@ -321,100 +388,48 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.tconf["grad_clip"] if self.tconf["grad_clip"] > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        finite = bool(torch.isfinite(grad_norm)) and bool(
-            torch.isfinite(losses["total"])
-        )
-        if finite or self.precision == "fp16":
-            # With fp16 the scaler skips non-finite steps itself and lowers its scale.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        verdict = self.judge_step(losses["total"], grad_norm)
+        apply_update(self.optimizer, self.scaler, verdict)
+        self.scaler.update()
         detached = {k: v.detach().float() for k, v in losses.items()}
         detached["grad_norm"] = grad_norm.detach().float()
-        return detached, pred, finite
+        return detached, pred, step_outcome(verdict, self.scaler)
 
-    def _handle_nan(self, applied: bool) -> None:
-        if applied:
-            self.nan_streak = 0
-            return
-        self.nan_streak += 1
-        message = f"non-finite loss or gradient at step {self.step}; update skipped"
-        if (
-            self.tconf["nan_policy"] == "stop"
-            or self.nan_streak > self.tconf["max_nan_steps"]
-        ):
-            raise UserError(
-                f"{message}; stopping (nan_policy={self.tconf['nan_policy']}, "
-                f"{self.nan_streak} in a row). The last checkpoint holds the last good state."
-            )
-        if self.dist.is_main:
-            tqdm.write(f"warning: {message} ({self.nan_streak} in a row)")
+    def _agreed_stop(self) -> bool:
+        """Whether any rank got Ctrl-C (agreed in :meth:`judge_step`, or reduced here for a
+        ``train_step`` that did not call it)."""
+        agreed, self._stop_agreed = self._stop_agreed, None
+        if agreed is not None:
+            return agreed
+        if not self.dist.enabled:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def fit(self) -> dict[str, float]:
         """Train for ``self.max_steps`` steps; returns the last validation metrics."""
-        max_steps = self.max_steps
         previous_handler = signal.getsignal(signal.SIGINT)
-        if self.dist.is_main:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        sums: dict[str, float] = defaultdict(float)
-        count, wait, t_start, last_val = 0, 0.0, time.perf_counter(), {}
-        batches = self._train_batches()
+        # Every rank: torchrun hands Ctrl-C to each process, and each must finish its step.
+        signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(
-            total=max_steps,
+            total=self.max_steps,
             initial=self.step,
             desc=self.exp_dir.name,
             disable=not self.dist.is_main,
             dynamic_ncols=True,
         )
         try:
-            self.model.train()
-            while self.step < max_steps:
-                t0 = time.perf_counter()
-                batch = next(batches)
-                batch = move_to_device(batch, self.device)
-                waited = time.perf_counter() - t0
-                wait += waited
-                self.data_wait_s += waited
-                losses, pred, applied = self.train_step(batch)
-                with warnings.catch_warnings():
-                    # A skipped (NaN) update still advances the schedule, by design.
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.scheduler.step()
-                self.step += 1
-                self._handle_nan(applied)
-                for k, v in losses.items():
-                    sums[k] += float(v)
-                count += 1
-                self.step_time_s += time.perf_counter() - t0
-                bar.update(1)
-                if self.step % self.tconf["log_every"] == 0 or self.step == max_steps:
-                    elapsed = time.perf_counter() - t_start
-                    self._log_train(sums, count, elapsed, wait, bar)
-                    sums, count, wait, t_start = (
-                        defaultdict(float),
-                        0,
-                        0.0,
-                        time.perf_counter(),
-                    )
-                if (
-                    self.writer is not None
-                    and self.panels is not None
-                    and (self.step % self.tconf["image_every"] == 0 or self.step == 1)
-                ):
-                    self._log_panels("train", batch, pred)
-                if self.val_set is not None and (
-                    self.step % self.tconf["val_every"] == 0 or self.step == max_steps
-                ):
-                    last_val = self.validate()
-                    self._update_best(last_val)
-                    self._update_plateau(last_val)
-                    self.model.train()
-                if self.step % self.tconf["save_every"] == 0 or self.step == max_steps:
-                    self.save()
-                if self._stop_requested:
-                    self.save()
-                    raise KeyboardInterrupt
+            return self._fit(bar)
+        except RuntimeError as err:
+            op = deterministic_failure(err)
+            if op is None or not self.tconf["deterministic"]:
+                raise
+            raise UserError(
+                f"train.deterministic=true: '{op}' has no deterministic implementation "
+                f"on {self.device.type} in torch {torch.__version__}; set "
+                "train.deterministic=false (resume is then bit-exact on the CPU only)"
+            ) from None
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
@@ -422,22 +437,80 @@ class Trainer:
                 self.writer.flush()
             if self.dist.is_main and any(self.ckpt_dir.glob("*.pt")):
                 print(f"checkpoints in {self.ckpt_dir}")
+
+    def _fit(self, bar: tqdm) -> dict[str, float]:
+        max_steps, tconf = self.max_steps, self.tconf
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = defaultdict(int)
+        wait, t_start, last_val = 0.0, time.perf_counter(), {}
+        batches = self._train_batches()
+        self.model.train()
+        while self.step < max_steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            batch = move_to_device(batch, self.device)
+            waited = time.perf_counter() - t0
+            wait += waited
+            self.data_wait_s += waited
+            self._watch_input_size(batch)
+            losses, pred, outcome = self.train_step(batch)
+            with warnings.catch_warnings():
+                # A skipped (NaN) update still advances the schedule, by design.
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+            self.step += 1
+            warning = self.nan_policy.record(outcome, self.step)
+            if warning and self.dist.is_main:
+                tqdm.write(warning)
+            # Summed on the device: read back once per log_every steps, not per step.
+            for k, v in losses.items():
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
+                counts[k] += 1
+            stop = self._agreed_stop()
+            self.step_time_s += time.perf_counter() - t0
+            bar.update(1)
+            if self.step % tconf["log_every"] == 0 or self.step == max_steps:
+                elapsed = time.perf_counter() - t_start
+                self._log_train(sums, counts, elapsed, wait, bar)
+                sums, counts, wait = {}, defaultdict(int), 0.0
+                t_start = time.perf_counter()
+            if (
+                self.writer is not None
+                and self.panels is not None
+                and (self.step % tconf["image_every"] == 0 or self.step == 1)
+            ):
+                self._log_panels("train", batch, pred)
+            if self.val_set is not None and (
+                self.step % tconf["val_every"] == 0 or self.step == max_steps
+            ):
+                last_val = self.validate()
+                self._update_best(last_val)
+                self._update_plateau(last_val)
+                self.model.train()
+            if stop or self.step % tconf["save_every"] == 0 or self.step == max_steps:
+                self.save()
+            if stop:
+                if self.dist.enabled:
+                    # No rank leaves while rank 0 is still writing.
+                    dist.barrier()
+                raise KeyboardInterrupt
         return last_val
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
-        tqdm.write(
-            "Ctrl-C: finishing this step and saving a checkpoint (again to abort)"
-        )
+        if self.dist.is_main:
+            tqdm.write(
+                "Ctrl-C: finishing this step and saving a checkpoint (again to abort)"
+            )
 
-    def _log_train(self, sums, count, elapsed, wait, bar) -> None:
-        reduced = all_reduce_sums({**sums, "_count": count}, self.device)
-        n = max(reduced.pop("_count"), 1)
-        images = count * self.tconf["batch_size"] * self.dist.world_size
-        stats = {k: v / n for k, v in reduced.items()}
+    def _log_train(self, sums, counts, elapsed, wait, bar) -> None:
+        stats = reduce_means(sums, counts, self.device)
+        steps = max(counts.values(), default=0)
+        images = steps * self.tconf["batch_size"] * self.dist.world_size
         bar.set_postfix(loss=f"{stats.get('total', float('nan')):.4f}", refresh=False)
+        overflows = self.nan_policy.take_overflows()
         if self.writer is None:
             return
         for k, v in stats.items():
@@ -446,6 +519,11 @@ class Trainer:
         self.writer.add_scalar(
             "train/lr", self.optimizer.param_groups[0]["lr"], self.step
         )
+        if self.scaler.is_enabled():
+            self.writer.add_scalar("train/fp16_overflow_skips", overflows, self.step)
+            self.writer.add_scalar(
+                "train/grad_scale", self.scaler.get_scale(), self.step
+            )
         self.writer.add_scalar(
             "perf/images_per_s", images / max(elapsed, 1e-9), self.step
         )
@@ -463,7 +541,11 @@ class Trainer:
     # ----------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Average loss terms and model metrics over the fixed validation stream."""
+        """Average loss terms and model metrics over the fixed validation stream.
+
+        Ranks share the stream; one with no batch of it (a stream shorter than the number
+        of processes) still takes part in the reduction, with zero counts.
+        """
         self.model.eval()
         if hasattr(self.val_set, "set_epoch"):
             self.val_set.set_epoch(0)
@@ -473,46 +555,32 @@ class Trainer:
             n_val = min(n_val, self.tconf["val_batches"] * bs * self.dist.world_size)
         indices = list(range(self.dist.rank, n_val, self.dist.world_size))
         loader = self._loader(self.val_set, indices, min(self.tconf["num_workers"], 1))
-        sums: dict[str, float] = defaultdict(float)
-        batches = 0
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = defaultdict(int)
+
+        def add(key: str, value: Any) -> None:
+            value = torch.as_tensor(value, dtype=torch.float64, device=self.device)
+            sums[key] = sums[key] + value if key in sums else value
+            counts[key] += 1
+
         for i, batch in enumerate(loader):
             batch = move_to_device(batch, self.device)
             pred, losses, metrics = self.forward_loss(batch)
             if hasattr(self.model, "metrics"):
                 metrics = {**metrics, **self.model.metrics(pred, batch)}
             for k, v in losses.items():
-                sums[f"loss/{k}"] += float(v)
+                add(f"loss/{k}", v.detach())
             for k, v in metrics.items():
-                sums[k] += float(v)
-            batches += 1
+                add(k, v.detach() if isinstance(v, torch.Tensor) else v)
             if i == 0 and self.writer is not None and self.panels is not None:
                 self._log_panels("val", batch, pred)
-        reduced = all_reduce_sums({**sums, "_batches": batches}, self.device)
-        total = max(reduced.pop("_batches"), 1)
-        results = {k: v / total for k, v in reduced.items()}
+        results = reduce_means(sums, counts, self.device)
         if self.writer is not None:
             for k, v in results.items():
                 self.writer.add_scalar(f"val/{k}", v, self.step)
             summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(results.items()))
             tqdm.write(f"[step {self.step}] validation: {summary}")
         return results
-
-    def _update_best(self, results: dict[str, float]) -> None:
-        key = self.tconf["best_metric"]
-        if key not in results:
-            if self.dist.is_main:
-                tqdm.write(f"warning: best_metric '{key}' not in {sorted(results)}")
-            return
-        value = results[key]
-        better = (
-            self.best is None
-            or (self.tconf["best_mode"] == "min" and value < self.best)
-            or (self.tconf["best_mode"] == "max" and value > self.best)
-        )
-        if better and math.isfinite(value):
-            self.best = value
-            if self.dist.is_main:
-                atomic_torch_save(self._state(), self.ckpt_dir / "best.pt")
 
     def _update_plateau(self, results: dict[str, float]) -> None:
         key = self.tconf["best_metric"]
@@ -525,76 +593,8 @@ class Trainer:
                 f"{self.plateau.scale:.3g} of the schedule"
             )
 
-    # ---------------------------------------------------------- checkpoints
-    def _state(self) -> dict[str, Any]:
-        state = self._base_state()
-        # Written only when used, so other runs' checkpoints keep their exact layout.
-        if self.plateau is not None:
-            state["plateau"] = self.plateau.state_dict()
-        extra = self.extra_state()
-        if extra:
-            state["extra"] = extra
-        return state
-
-    def _base_state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "best": self.best,
-            "nan_streak": self.nan_streak,
-            "rng": rng_state(),
-            "config": to_plain(self.conf),
-        }
-
     def release_distributed(self) -> None:
         """Drop the DDP wrapper and its process group now (see ``engine.cli.train``)."""
         if self.net is not self.model:
             self.net = self.model
             gc.collect()
-
-    def save(self) -> Path | None:
-        """Write ``last_<step>.pt`` atomically and prune to ``keep_last`` (rank 0 only)."""
-        if not self.dist.is_main:
-            return None
-        path = self.ckpt_dir / f"last_{self.step:08d}.pt"
-        atomic_torch_save(self._state(), path)
-        for old in sorted(self.ckpt_dir.glob("last_*.pt"))[: -self.tconf["keep_last"]]:
-            old.unlink()
-        return path
-
-    def _load(self, path: str | Path) -> None:
-        """Restore the whole training state from a checkpoint (``--resume``).
-
-        Raises:
-            UserError: unreadable file, not a training checkpoint, or a model or
-                optimiser that does not fit this run (naming the first bad tensor).
-        """
-        ckpt = check_training_checkpoint(load_checkpoint(path), path)
-        problem = first_state_mismatch(self.model.state_dict(), ckpt["model"])
-        if problem:
-            raise UserError(f"checkpoint '{path}' does not match the model: {problem}")
-        self.model.load_state_dict(ckpt["model"])
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(
-                f"checkpoint '{path}': its optimiser/scheduler/RNG state does not fit "
-                f"this run ({first})"
-            ) from None
-        self.step, self.best = int(ckpt["step"]), ckpt.get("best")
-        self.nan_streak = ckpt.get("nan_streak", 0)
-        if self.plateau is not None and "plateau" in ckpt:
-            self.plateau.load_state_dict(ckpt["plateau"])
-        self.load_extra_state(ckpt.get("extra", {}))
-        self.resumed_from = self.step
-        if self.dist.is_main:
-            print(f"resumed from step {self.step} ({path})")
-        if self.dist.enabled:
-            dist.barrier()

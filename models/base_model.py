@@ -72,6 +72,11 @@ class BaseModel(nn.Module):
 
         return load_initial_weights(self, path)
 
+    def may_leave_parameters_unused(self, sample: dict[str, Any]) -> bool:
+        """Whether training on batches of samples like ``sample`` leaves some parameters
+        without gradient; DDP must then look for them (``train.find_unused_parameters``)."""
+        return False
+
     def loss(
         self, pred: dict[str, Any], data: dict[str, Any]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

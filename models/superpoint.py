@@ -183,6 +183,11 @@ class SuperPoint(BaseModel):
             pred["dense_descriptors"] = F.normalize(desc.float(), p=2, dim=1)
         return pred
 
+    def may_leave_parameters_unused(self, sample: dict[str, Any]) -> bool:
+        """Whether training on samples like ``sample`` leaves parameters without gradient:
+        the descriptor head on single images, since only pairs have a descriptor loss."""
+        return bool(self.conf["descriptor_head"]) and "image0" not in sample
+
     @torch.no_grad()
     def detect(
         self, pred: dict[str, Any], **overrides: Any
