@@ -180,11 +180,45 @@ def configure_backends(
     return on
 
 
-def deterministic_failure(err: RuntimeError) -> str | None:
-    """The operation named by PyTorch's "no deterministic implementation" error, or None
-    for any other error."""
-    text = str(err)
-    marker = " does not have a deterministic implementation"
-    if marker not in text:
+class Autotuning:
+    """cuDNN autotuning of a training run (``train.cudnn_benchmark``).
+
+    On as :func:`configure_backends` decides; with ``auto`` it goes off again once the
+    training batches change size, since every new shape is benchmarked anew.
+    """
+
+    def __init__(self, deterministic: Any, setting: Any, device: torch.device):
+        self.setting = setting
+        self.on = configure_backends(deterministic, setting, device)
+        self._shapes: tuple | None = None
+
+    def watch(self, batch: dict[str, Any]) -> str | None:
+        """Check the size of a training batch's images (4-D tensors); returns a notice
+        when that switched autotuning off."""
+        if not self.on or self.setting is True:
+            return None
+        shapes = tuple(
+            tuple(v.shape)
+            for v in batch.values()
+            if isinstance(v, torch.Tensor) and v.dim() == 4
+        )
+        if self._shapes is None:
+            self._shapes = shapes
+        elif shapes != self._shapes:
+            torch.backends.cudnn.benchmark = self.on = False
+            return "note: training batches change size: cuDNN autotuning off"
         return None
-    return text.split(marker)[0].strip().split()[-1]
+
+
+def deterministic_error(err: RuntimeError, device: torch.device) -> UserError | None:
+    """One line for PyTorch's "no deterministic implementation" error, None for any
+    other error."""
+    marker = " does not have a deterministic implementation"
+    if marker not in str(err):
+        return None
+    op = str(err).split(marker)[0].strip().split()[-1]
+    return UserError(
+        f"train.deterministic=true: '{op}' has no deterministic implementation on "
+        f"{device.type} in torch {torch.__version__}; set train.deterministic=false "
+        "(resume is then bit-exact on the CPU only)"
+    )

@@ -50,7 +50,7 @@ from engine.checkpointing import CheckpointMixin
 from engine.data import ResumableSampler, collate, make_loader
 from engine.devices import autocast, move_to_device, resolve_precision
 from engine.distributed import DistInfo, reduce_means
-from engine.reproducibility import configure_backends, deterministic_failure
+from engine.reproducibility import Autotuning, deterministic_error
 from engine.state import PlateauScale, build_optimizer, lr_factor, seed_everything
 from engine.step_policy import (
     NanPolicy,
@@ -169,10 +169,9 @@ class Trainer(CheckpointMixin):
         )
         if self.tconf["best_mode"] not in ("min", "max"):
             raise UserError("config key 'train.best_mode' must be 'min' or 'max'")
-        self.autotune = configure_backends(
+        self.autotuning = Autotuning(
             self.tconf["deterministic"], self.tconf["cudnn_benchmark"], device
         )
-        self._input_shapes: tuple | None = None
 
         seed_everything(self.tconf["seed"], dist_info.rank)
         self.model = model.to(device)
@@ -328,23 +327,6 @@ class Trainer(CheckpointMixin):
                         yield batch
             epoch, start = epoch + 1, 0
 
-    def _watch_input_size(self, batch: dict[str, Any]) -> None:
-        """Turn cuDNN autotuning (``cudnn_benchmark: auto``) off once batches change size:
-        it benchmarks every new shape again."""
-        if not self.autotune or self.tconf["cudnn_benchmark"] is True:
-            return
-        shapes = tuple(
-            tuple(v.shape)
-            for v in batch.values()
-            if isinstance(v, torch.Tensor) and v.dim() == 4
-        )
-        if self._input_shapes is None:
-            self._input_shapes = shapes
-        elif shapes != self._input_shapes:
-            torch.backends.cudnn.benchmark = self.autotune = False
-            if self.dist.is_main:
-                tqdm.write("note: training batches change size: cuDNN autotuning off")
-
     # ------------------------------------------------------------- training
     def memory_format(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The batch with its image tensors (4-D) channels-last when ``train.channels_last``."""
@@ -422,14 +404,10 @@ class Trainer(CheckpointMixin):
         try:
             return self._fit(bar)
         except RuntimeError as err:
-            op = deterministic_failure(err)
-            if op is None or not self.tconf["deterministic"]:
+            error = deterministic_error(err, self.device)
+            if error is None or not self.tconf["deterministic"]:
                 raise
-            raise UserError(
-                f"train.deterministic=true: '{op}' has no deterministic implementation "
-                f"on {self.device.type} in torch {torch.__version__}; set "
-                "train.deterministic=false (resume is then bit-exact on the CPU only)"
-            ) from None
+            raise error from None
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
@@ -452,7 +430,9 @@ class Trainer(CheckpointMixin):
             waited = time.perf_counter() - t0
             wait += waited
             self.data_wait_s += waited
-            self._watch_input_size(batch)
+            note = self.autotuning.watch(batch)
+            if note and self.dist.is_main:
+                tqdm.write(note)
             losses, pred, outcome = self.train_step(batch)
             with warnings.catch_warnings():
                 # A skipped (NaN) update still advances the schedule, by design.

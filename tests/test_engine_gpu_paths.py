@@ -20,6 +20,7 @@ from engine.data import collate, make_loader
 from engine.devices import cuda_has_native_bf16, resolve_precision
 from engine.distributed import init_distributed
 from engine.reproducibility import (
+    Autotuning,
     configure_backends,
     restore_rank_rng,
     rng_state,
@@ -189,14 +190,16 @@ def test_op_without_deterministic_kernel_is_one_line(tmp_path, restore_determini
         trainer.fit()
 
 
-def test_autotuning_stops_when_batches_change_size(tmp_path, restore_determinism):
-    trainer = make_trainer(tmp_path, "a", max_steps=1)
-    trainer.autotune = torch.backends.cudnn.benchmark = True
-    trainer._watch_input_size({"image": torch.zeros(2, 1, 64, 64)})
-    trainer._watch_input_size({"image": torch.zeros(2, 1, 64, 64)})
+def test_autotuning_stops_when_batches_change_size(restore_determinism):
+    tuning = Autotuning(False, "auto", CUDA0)
+    assert tuning.on and torch.backends.cudnn.benchmark
+    assert (
+        tuning.watch({"image": torch.zeros(2, 1, 64, 64), "name": ["a", "b"]}) is None
+    )
+    assert tuning.watch({"image": torch.zeros(2, 1, 64, 64)}) is None
     assert torch.backends.cudnn.benchmark
-    trainer._watch_input_size({"image": torch.zeros(2, 1, 64, 96)})
-    assert not torch.backends.cudnn.benchmark and not trainer.autotune
+    assert "change size" in tuning.watch({"image": torch.zeros(2, 1, 64, 96)})
+    assert not torch.backends.cudnn.benchmark and not tuning.on
 
 
 def test_torchrun_refuses_one_gpu_for_all_and_one_process_sets_its_gpu(monkeypatch):
