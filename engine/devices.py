@@ -203,7 +203,8 @@ def inference_precision(
     """Precision of an inference path (extraction, homographic adaptation): ``auto`` is the
     fastest path measured to keep >= 95% of the fp32 keypoints within 1 px.
 
-    That is bf16 on GPUs and on CPUs with native bf16. On other CPUs bf16 would be
+    That is bf16 on CPUs with native bf16; on GPUs it is :func:`resolve_precision`'s
+    choice (bf16 where native, fp16 before compute capability 8). On other CPUs bf16 would be
     emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
     that int8 keeps the keypoints (``int8_keeps_points``: the SuperPoint family, whose int8
     path kept 96.2-96.5% of a trained detector's keypoints over six photographs, and homographic
