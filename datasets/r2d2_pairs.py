@@ -339,12 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         if args.config:
-            import yaml
+            from utils.config import read_yaml
 
-            if not os.path.isfile(args.config):
-                raise UserError(f"{args.config}: config file not found")
-            with open(args.config) as f:
-                conf = (yaml.safe_load(f) or {}).get("data", {})
+            conf = read_yaml(args.config).get("data", {})
         elif args.images:
             conf = {"sources": {"images": {"type": "synthetic", "root": args.images}}}
         else:

@@ -10,6 +10,9 @@ sections ``data``, ``model``, ``loss``, ``train`` and ``eval``. Merging is stric
 
 Merging never mutates its inputs, so module-level ``default_conf`` dicts stay intact.
 
+Numbers are read as Python reads them, in files and overrides alike: ``5e-4``, ``1E3`` and
+``.5`` are floats (YAML 1.1, which PyYAML implements, reads the first two as strings).
+
 Example:
     >>> defaults = {"train": {"lr": 1e-3, "batch_size": 64}}
     >>> merge_config(defaults, {"train": {"lr": 1e-4}})
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,23 @@ import yaml
 from utils.errors import UserError
 
 Config = dict[str, Any]
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads exponent floats without a dot or sign
+    (``5e-4``, ``1E3``, ``-.5e3``) as floats, like Python's ``float``."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: Any) -> Any:
+    """``yaml.safe_load`` with :class:`ConfigLoader`'s floats (a string or a file)."""
+    return yaml.load(text, Loader=ConfigLoader)
 
 
 def _type_name(value: Any) -> str:
@@ -187,7 +208,8 @@ def resolve_names(
 def parse_overrides(items: Sequence[str]) -> Config:
     """Turn ``["train.lr=1e-4", "data.primitives=[star,cube]"]`` into a nested dict.
 
-    Values are parsed with ``yaml.safe_load`` so numbers, booleans, ``null`` and lists work.
+    Values are parsed as YAML (:func:`load_yaml`), so numbers in any Python notation,
+    booleans, ``null``, lists and ``{key: value}`` mappings work.
     """
     tree: Config = {}
     for item in items:
@@ -197,7 +219,7 @@ def parse_overrides(items: Sequence[str]) -> Config:
         if not key or any(not part for part in key.split(".")):
             raise UserError(f"override '{item}' has an empty key part")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise UserError(f"override '{item}': cannot parse value: {err}") from None
         node = tree
@@ -228,7 +250,7 @@ def read_yaml(path: str | Path) -> Config:
         raise UserError(f"config file '{path}' not found")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
@@ -280,30 +302,6 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def parse_key_values(items: list[str]) -> dict[str, Any]:
-    """``key=value`` strings to a dict; numbers become int/float, none/true/false too."""
-    conf: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"invalid --conf {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        lowered = value.strip().lower()
-        parsed: Any = value
-        if lowered in ("none", "null"):
-            parsed = None
-        elif lowered in ("true", "false"):
-            parsed = lowered == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    parsed = cast(value)
-                    break
-                except ValueError:
-                    continue
-        conf[key.strip()] = parsed
-    return conf
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
