@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from engine.devices import add_device_argument, add_precision_argument
 from engine.distributed import cleanup_distributed, init_distributed
 from engine.reproducibility import configure_determinism
 from engine.state import (
@@ -28,15 +28,13 @@ from engine.state import (
     seed_everything,
 )
 from engine.trainer import Trainer
-from utils.arguments import ArgumentParser
+from utils.arguments import OVERRIDE, ArgumentParser
 from utils.config import load_config
 from utils.errors import UserError, run_cli
 from utils.io import load_checkpoint
 
 LATEST = "latest"
 """``--resume`` without a file: the run's newest readable checkpoint."""
-
-_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -47,7 +45,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "Run folder: <logdir>/<exp> (config.yaml, TensorBoard events, checkpoints/).",
     )
     parser.add_argument("config", help="YAML config file (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    parser.add_overrides("config overrides, e.g. train.lr=5e-4")
     parser.add_argument(
         "--exp", help="experiment name (default: the config file's stem)"
     )
@@ -66,10 +64,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="start afresh even if the run has checkpoints",
     )
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:<i> (train.device)")
-    parser.add_argument(
-        "--precision", help="auto | fp32 | bf16 | fp16 autocast (train.precision)"
-    )
+    add_device_argument(parser, "train.device")
+    add_precision_argument(parser, None, "train.precision", "autocast of training")
     parser.add_argument(
         "--overfit", action="store_true", help="train on one batch only (debugging)"
     )
@@ -140,7 +136,7 @@ def _resume_takes_no_file(token: str) -> bool:
     """
     if Path(token).is_file() and not token.endswith((".yaml", ".yml")):
         return False
-    return bool(_OVERRIDE.match(token)) or token.endswith((".yaml", ".yml"))
+    return bool(OVERRIDE.match(token)) or token.endswith((".yaml", ".yml"))
 
 
 def parse(
