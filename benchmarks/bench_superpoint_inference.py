@@ -227,9 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     tensor = torch.from_numpy(image)[None, None]
-    plain = Extractor(model, "bench", precision="fp32")
-    plain.channels_last = False  # the plain eager path: contiguous memory
-    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    # The plain eager path: contiguous memory.
+    plain = Extractor(model, "bench", precision="fp32", channels_last=False)
     extractors = {"plain fp32": plain}
     for precision in ["fp32", "int8"] + native_precisions(("bf16",)):
         extractors[precision] = Extractor(model, "bench", precision=precision)

@@ -1,14 +1,24 @@
-"""Devices and mixed precision.
+"""Devices and precision: the one rule every command follows.
 
-``--device auto`` takes the first CUDA GPU when there is one, else the CPU. Precision ``auto``
-picks bf16 autocast on a CPU that has native bf16 (AMX or AVX512-BF16, where it makes
-SuperPoint-sized convnets several times faster), bf16 on CUDA GPUs that compute it natively
-(compute capability 8.0 or newer: A100, H100, RTX 30xx and later), fp16 with a gradient scaler
-on older GPUs (V100, T4, RTX 20xx), and fp32 elsewhere.
+``--device auto|cpu|cuda|cuda:<i>`` (default ``auto``: the first CUDA GPU when there is one,
+else the CPU) is added by :func:`add_device_argument` and resolved by :func:`resolve_device`
+in every command.
+
+``precision: auto|fp32|bf16|fp16|int8`` (``--precision``, :func:`add_precision_argument`) means
+the same for every network. ``fp32``: as trained. ``bf16`` and ``fp16``: reduced-precision
+floats (fp16 on CUDA only). ``int8``: static int8 convolutions (``models.quantize``, CPU only,
+for the networks that have such a path: SuperPoint/MagicPoint and R2D2). ``auto`` is decided
+by the device here, once: bf16 on CUDA GPUs that compute it natively (compute capability 8.0
+or newer: A100, H100, RTX 30xx and later), fp16 with a gradient scaler on older GPUs (V100,
+T4, RTX 20xx), bf16 on CPUs with native bf16 (AMX or AVX512-BF16, where it makes
+SuperPoint-sized convnets several times faster); on other CPUs fp32 for training, and for
+inference int8 where the network's int8 path keeps at least 95% of the fp32 keypoints
+(:func:`inference_precision`), fp32 elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 from collections.abc import Mapping
@@ -18,11 +28,48 @@ import torch
 
 from utils.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DEVICE_HELP = "auto | cpu | cuda | cuda:<i> (auto: the first CUDA GPU, else the CPU)"
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:i`` to a device (``cuda`` means this rank's GPU)."""
+def add_device_argument(
+    parser: argparse.ArgumentParser, key: str | None = None
+) -> None:
+    """``--device`` of a command, default ``auto`` (``key``: the config key it sets,
+    whose default is ``auto``)."""
+    if key is None:
+        parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    else:
+        parser.add_argument("--device", help=f"{DEVICE_HELP}; sets {key}")
+
+
+def add_precision_argument(
+    parser: argparse.ArgumentParser,
+    default: str | None,
+    key: str | None = None,
+    note: str = "",
+) -> None:
+    """``--precision auto|fp32|bf16|fp16|int8`` of a command (see the module docstring).
+
+    Args:
+        default: the command's default, or None when ``key`` (a config key) holds it.
+        key: the config key the option sets.
+        note: what the command runs at that precision, for ``--help``.
+    """
+    text = " | ".join(PRECISIONS)
+    text += f" ({note})" if note else ""
+    text += f"; sets {key}" if key else ""
+    parser.add_argument("--precision", default=default, choices=PRECISIONS, help=text)
+
+
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:i`` to a device (``cuda`` means this rank's GPU).
+
+    Raises:
+        UserError: a CUDA device without CUDA, a GPU index that does not exist, or an
+            unknown name (one line, exit code 2 in every command).
+    """
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -183,9 +230,14 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """Pick the autocast precision for ``device`` (see module docstring)."""
+    """Pick the autocast precision of training for ``device`` (see module docstring)."""
     if name not in PRECISIONS:
         raise UserError(f"precision '{name}' is not one of {', '.join(PRECISIONS)}")
+    if name == "int8":
+        raise UserError(
+            "precision 'int8' is an inference path (extraction, evaluation); "
+            "train with auto, fp32, bf16 or fp16"
+        )
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise UserError(
@@ -197,33 +249,49 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def inference_precision(
-    name: str, device: torch.device, int8_keeps_points: bool = False
-) -> str:
-    """Precision of an inference path (extraction, homographic adaptation): ``auto`` is the
-    fastest path measured to keep >= 95% of the fp32 keypoints within 1 px.
+INT8_PATHS = ("auto", "explicit", "none")
 
-    That is bf16 on CPUs with native bf16; on GPUs it is :func:`resolve_precision`'s
-    choice (bf16 where native, fp16 before compute capability 8). On other CPUs bf16 would be
-    emulated: there ``auto`` is static int8 (``models.quantize``) where the caller says
-    that int8 keeps the keypoints (``int8_keeps_points``: the SuperPoint family, whose int8
-    path kept 96.2-96.5% of a trained detector's keypoints over six photographs, and homographic
-    adaptation, 99% of its labels; ``benchmarks/``), and fp32 elsewhere: R2D2's int8 kept
-    84%, so it stays an explicit choice there.
-    ``fp32``, ``bf16``, ``int8`` (CPU only) and ``fp16`` (CUDA only) are taken as given.
+
+def inference_precision(
+    name: str, device: torch.device, int8: str = "none", network: str = "this network"
+) -> str:
+    """The precision an inference path (extraction, homographic adaptation, evaluation)
+    runs at: ``auto`` resolved for ``device`` (see the module docstring), the others
+    checked.
+
+    On GPUs ``auto`` is :func:`resolve_precision`'s choice (bf16 where native, fp16
+    before compute capability 8), on CPUs with native bf16 it is bf16. On other CPUs it
+    is the fastest path measured to keep >= 95% of the fp32 keypoints: static int8 for a
+    network whose int8 path does (``int8="auto"``: the SuperPoint family kept
+    96.2-96.5% of a trained detector's keypoints over six photographs, and homographic
+    adaptation 99% of its labels; ``benchmarks/``), fp32 for the others (R2D2's int8 path
+    kept 84%: there int8 is ``"explicit"``, run only when asked).
+
+    Args:
+        name: one of :data:`PRECISIONS`.
+        device: where the network runs.
+        int8: the network's int8 path, one of :data:`INT8_PATHS` (``"none"``: asking
+            for int8 is an error).
+        network: the network's name, for that error.
+
+    Returns:
+        ``fp32``, ``bf16``, ``fp16`` (CUDA only) or ``int8`` (CPU only).
     """
-    if name == "auto":
-        if device.type == "cuda":
-            return resolve_precision("auto", device)
-        if cpu_has_native_bf16():
-            return "bf16"
-        return "int8" if int8_keeps_points else "fp32"
-    if name == "int8" and device.type != "cpu":
-        raise UserError(
-            "precision 'int8' runs on the CPU only; use bf16 or fp16 on GPUs"
-        )
+    if int8 not in INT8_PATHS:
+        raise ValueError(f"int8={int8!r}: expected one of {INT8_PATHS}")
     if name == "int8":
+        if int8 == "none":
+            raise UserError(
+                f"precision 'int8' is not available for {network}; "
+                "use auto, fp32 or bf16 (fp16 on CUDA)"
+            )
+        if device.type != "cpu":
+            raise UserError(
+                "precision 'int8' runs on the CPU only; use bf16 or fp16 on GPUs"
+            )
         return name
+    if name == "auto" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "int8" if int8 == "auto" else "fp32"
     return resolve_precision(name, device)
 
 
@@ -231,8 +299,42 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Autocast context for ``precision`` (a no-op for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise ValueError(f"no autocast for precision {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+class AutocastCall:
+    """``module(*args)`` under :func:`autocast` at a resolved ``precision`` (``fp32``,
+    ``bf16``, ``fp16``), its floating outputs (tensors, or dicts/lists of them) returned in
+    float32, in inference mode: how networks without an int8 path (inversion, point-cloud)
+    run at the ``precision`` setting.
+
+    Example:
+        >>> net = AutocastCall(torch.nn.Linear(2, 1), torch.device("cpu"), "bf16")
+        >>> net(torch.ones(1, 2)).dtype
+        torch.float32
+    """
+
+    def __init__(self, module: Any, device: torch.device, precision: str):
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision {precision!r}: expected fp32, bf16 or fp16")
+        self.module, self.device, self.precision = module, device, precision
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return _to_float(self.module(*args, **kwargs))
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return {k: _to_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    return value
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.devices import inference_precision
+from engine.devices import inference_precision, resolve_device
 from models.classical import OpenCVExtractor
+from models.quantize import precision_label
+from utils.config import merge_config
 from utils.errors import UserError
 from utils.io import file_sha256, load_checkpoint
 
 CLASSICAL = ("sift", "orb")
-EXTRACTOR_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 SUPERPOINT_OPTIONS = (
     "detection_threshold",
@@ -38,42 +39,45 @@ SUPERPOINT_OPTIONS = (
     "top_k",
     "descriptor_sampling",
 )
+INFERENCE_DEFAULTS: dict[str, Any] = {"precision": "fp32", "channels_last": True}
+"""Options of every learned extractor: ``precision`` (``engine.devices.PRECISIONS``;
+fp32 by default, the numbers of the published protocols) and ``channels_last`` (the
+convolutions' memory layout: oneDNN runs channels-last convolutions faster on CPUs, with
+the same numbers)."""
 
 
-class Extractor:
-    """Callable wrapper around a detector/descriptor model (see module docstring).
+class SuperPointRunner:
+    """A SuperPoint/MagicPoint's dense predictions at one resolved precision.
+
+    ``runner({"image": (B, C, H, W)})`` (H, W multiples of 8) returns ``heatmap (B, H, W)``
+    and, with the descriptor head, L2-normalised ``dense_descriptors (B, D, H/8, W/8)``,
+    both float32, whatever the precision. Extraction, homographic adaptation and the
+    Synthetic Shapes evaluation run the network through this one class.
 
     Args:
-        model: a SuperPoint/MagicPoint (``encode``, heads, ``detect``).
-        tag: output file tag.
-        device: torch device string.
-        precision: ``fp32`` (the network as trained; channels-last memory on CPU, which
-            oneDNN runs faster and which gives the same numbers), ``bf16`` (the weights cast
-            once, for CPUs with native bf16 and GPUs), ``int8`` (static int8 quantisation of
-            the convolutions, calibrated on the built-in photographs; the fast path of CPUs
-            without native bf16, see ``models.quantize``) or ``auto`` (bf16 on GPUs and where
-            it is native, else int8, which kept 96.2-96.5% of a trained detector's keypoints,
-            :func:`engine.devices.inference_precision`).
+        model: a ``models.superpoint`` SuperPoint or MagicPoint (not modified: the runner
+            holds a copy).
+        precision: resolved (``engine.devices.inference_precision``): ``fp32``;
+            ``bf16``/``fp16``: the weights of the copy cast once (autocast would re-cast
+            them at every call, and plain-layout bf16 convolutions were measured slower
+            than fp32 on CPUs); ``int8``: static int8 convolutions calibrated on the
+            built-in photographs (``models.quantize``, CPU only).
+        channels_last: run the float convolutions in channels-last memory layout.
+        device: where the float network runs (int8 runs on the CPU).
     """
 
-    def __init__(self, model, tag: str, device: str = "cpu", precision: str = "fp32"):
-        if precision not in EXTRACTOR_PRECISIONS:
-            raise UserError(
-                f"precision={precision!r}: expected one of {', '.join(EXTRACTOR_PRECISIONS)}"
-            )
-        self.device = torch.device(device)
-        precision = inference_precision(precision, self.device, int8_keeps_points=True)
-        precision = "bf16" if precision == "fp16" else precision
-        # A copy: the caller's model keeps its dtype and memory format.
-        self.model = copy.deepcopy(model).eval().to(device)
-        self.channels_last = self.device.type == "cpu" or precision == "bf16"
-        if precision == "bf16":
-            # Casting the weights once, in channels-last layout, is what makes oneDNN use
-            # its fast bf16 kernels on CPU; autocast re-casts the weights at every call
-            # and plain-layout bf16 convolutions were measured slower than fp32 here.
-            self.model = self.model.to(torch.bfloat16)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        precision: str,
+        channels_last: bool = True,
+        device: torch.device | str = "cpu",
+    ):
+        if precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise ValueError(f"precision {precision!r} is not resolved")
+        self.precision = precision
+        self.channels_last = bool(channels_last) and precision != "int8"
+        self.descriptors = bool(model.conf.get("descriptor_head", False))
         self.quantized = None
         if precision == "int8":
             from models.quantize import (
@@ -87,25 +91,77 @@ class Extractor:
                 SuperPointDense(copy.deepcopy(model).eval().float().cpu()),
                 calibration_batch(240, 320, channels),
             )
-        self.tag = tag
-        self.grayscale = model.conf.get("input_channels", 1) == 1
-        self.precision = precision
+            return
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
+            precision, torch.float16
+        )
+        self.model = copy.deepcopy(model).eval().to(device=device, dtype=self.dtype)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
-    def dense(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Dense predictions (``heatmap``, ``dense_descriptors``) of a padded image."""
+    @torch.inference_mode()
+    def __call__(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image = data["image"]
         if self.quantized is not None:
             from models.superpoint import logits_to_heatmap
 
-            outputs = self.quantized(image)
+            outputs = self.quantized(image.float().cpu())
             pred = {"heatmap": logits_to_heatmap(outputs[0].float())}
-            if len(outputs) > 1:
+            if self.descriptors:
                 pred["dense_descriptors"] = F.normalize(outputs[1].float(), p=2, dim=1)
-            return pred
-        if self.precision == "bf16":
-            image = image.to(torch.bfloat16)
+            return {k: v.to(image.device) for k, v in pred.items()}
+        image = image.to(self.dtype)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.model({"image": image})
+        pred = self.model({"image": image})
+        out = {"heatmap": pred["heatmap"].float()}
+        if "dense_descriptors" in pred:
+            out["dense_descriptors"] = pred["dense_descriptors"].float()
+        return out
+
+
+class Extractor:
+    """Callable wrapper around a detector/descriptor model (see module docstring).
+
+    Args:
+        model: a SuperPoint/MagicPoint (``encode``, heads, ``detect``).
+        tag: output file tag; the precision is appended when it is not fp32
+            (``-bf16``, ``-fp16``, ``-int8``), as R2D2's extractor does.
+        device: torch device string.
+        precision: one of ``engine.devices.PRECISIONS``, resolved by
+            :func:`engine.devices.inference_precision` (``auto`` on CPUs without native
+            bf16: int8, which kept 96.2-96.5% of a trained detector's keypoints); see
+            :class:`SuperPointRunner` for what each runs.
+        channels_last: see :class:`SuperPointRunner`.
+
+    Attributes:
+        precision: the resolved precision (``fp32``, ``bf16``, ``fp16`` or ``int8``).
+    """
+
+    def __init__(
+        self,
+        model,
+        tag: str,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+    ):
+        self.device = resolve_device(device)
+        self.precision = inference_precision(
+            precision, self.device, int8="auto", network="SuperPoint"
+        )
+        self.runner = SuperPointRunner(
+            model, self.precision, channels_last, self.device
+        )
+        # Keypoint selection (threshold, NMS, descriptor sampling) follows the model's
+        # config and runs on the float32 maps; the model itself is not run or changed.
+        self.model = model
+        self.tag = tag if self.precision == "fp32" else f"{tag}-{self.precision}"
+        self.grayscale = model.conf.get("input_channels", 1) == 1
+
+    def dense(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense predictions (``heatmap``, ``dense_descriptors``) of a padded image."""
+        return self.runner({"image": image})
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,8 +194,8 @@ def extractor_options(model: str) -> tuple[str, ...]:
     from models.r2d2 import EXTRACTOR_OPTIONS, is_r2d2_checkpoint
 
     if is_r2d2_checkpoint(load_checkpoint(model)):
-        return (*EXTRACTOR_OPTIONS, "precision")
-    return (*SUPERPOINT_OPTIONS, "precision")
+        return EXTRACTOR_OPTIONS
+    return (*SUPERPOINT_OPTIONS, *INFERENCE_DEFAULTS)
 
 
 def load_extractor(
@@ -157,10 +213,14 @@ def load_extractor(
             ``models.r2d2.load_r2d2_extractor``).
         device: torch device string.
         conf: overrides of the model's post-processing (``detection_threshold``,
-            ``nms_radius``, ``remove_borders``, ``top_k``, ``descriptor_sampling``) and
-            ``precision`` (see :class:`Extractor`).
+            ``nms_radius``, ``remove_borders``, ``top_k``, ``descriptor_sampling``),
+            ``precision`` and ``channels_last`` (see :class:`Extractor`).
+
+    Raises:
+        UserError: an option the model does not take (naming the closest one) or a
+            value of the wrong type; a bad checkpoint.
     """
-    from models import build_model
+    from models import build_model, get_model
     from models.r2d2 import is_r2d2_checkpoint, load_r2d2_extractor
     from models.weights import check_and_load_state_dict, convert_state_dict
 
@@ -170,22 +230,27 @@ def load_extractor(
         # NAVER's {'net', 'state_dict'} files and train_r2d2.py runs: multi-scale
         # extraction with R2D2's own options.
         return load_r2d2_extractor(ckpt, str(path), device=device, conf=conf)
-    precision = conf.pop("precision", "fp32")
-    unknown = set(conf) - set(SUPERPOINT_OPTIONS)
-    if unknown:
-        raise UserError(
-            f"unknown extractor option(s) {sorted(unknown)}; valid: {SUPERPOINT_OPTIONS}"
-        )
     if isinstance(ckpt, dict) and ("model" in ckpt) != ("config" in ckpt):
         raise UserError(
             f"checkpoint '{path}' has no 'model'/'config' entries "
             "(expected a file written by a train_*.py run)"
         )
     _, state, model_conf = convert_state_dict(ckpt, str(path))
-    model_conf = {**model_conf, **conf}
-    model = build_model(model_conf)
+    stored = {
+        **get_model(model_conf.get("name", "superpoint")).defaults(),
+        **model_conf,
+    }
+    defaults = {k: stored[k] for k in SUPERPOINT_OPTIONS} | INFERENCE_DEFAULTS
+    options = merge_config(defaults, conf)
+    model = build_model(model_conf | {k: options[k] for k in SUPERPOINT_OPTIONS})
     check_and_load_state_dict(model, state, path)
-    return Extractor(model, tag=Path(path).stem, device=device, precision=precision)
+    return Extractor(
+        model,
+        tag=Path(path).stem,
+        device=device,
+        precision=options["precision"],
+        channels_last=options["channels_last"],
+    )
 
 
 # File stems that say nothing about which model a file holds (the engine writes best.pt and
@@ -235,19 +300,17 @@ class ModelExtractor:
 
     Args:
         path: checkpoint file.
-        device: ``cpu``, ``cuda``, ``cuda:i`` or ``auto``.
-        conf: post-processing overrides the model understands
-            (``detection_threshold``, ``nms_radius``, ``top_k``, ``remove_borders``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:i``
+            (:func:`engine.devices.resolve_device`).
+        conf: options the model understands (:func:`load_extractor`).
     """
 
-    def __init__(self, path: str, device: str = "cpu", conf: dict | None = None):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+    def __init__(self, path: str, device: str = "auto", conf: dict | None = None):
+        self.device = resolve_device(device)
         if not Path(path).is_file():
             raise UserError(f"{path}: checkpoint file does not exist")
-        self.device = device
-        self.model = load_extractor(path, device=device, conf=conf)
-        # The model's tag is the file stem plus settings (R2D2 adds -bf16); the stem part
+        self.model = load_extractor(path, device=str(self.device), conf=conf)
+        # The model's tag is the file stem plus settings (-bf16, -int8...); the stem part
         # becomes the run-naming checkpoint_tag.
         stem, model_tag = Path(path).stem, str(getattr(self.model, "tag", ""))
         suffix = model_tag[len(stem) :] if model_tag.startswith(stem) else ""
@@ -255,12 +318,10 @@ class ModelExtractor:
         self.grayscale = bool(getattr(self.model, "grayscale", True))
         # Hashed once per extractor, i.e. once per run, not per image.
         self.identity = {"id": f"sha256:{file_sha256(path)}", "weights": str(path)}
-        self.options = dict(sorted((conf or {}).items()))
-        if "precision" in self.options:
-            # "auto" is recorded as what it chose here (bf16 where native, else fp32).
-            self.options["precision"] = _resolved_precision(self.model) or str(
-                self.options["precision"]
-            )
+        # The precision as run ("auto" resolved, int8 named by its method), whatever the
+        # options said: files made at another precision are not reused.
+        options = {**(conf or {}), "precision": precision_label(self.model.precision)}
+        self.options = dict(sorted(options.items()))
 
     def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
@@ -291,37 +352,22 @@ class ModelExtractor:
         return feats
 
 
-def _resolved_precision(model: Any) -> str | None:
-    """The precision an extractor runs at, after ``auto``; None if it does not say."""
-    precision = getattr(model, "precision", None)
-    conf = getattr(model, "conf", None)
-    if isinstance(conf, dict) and "autocast" in conf and conf.get("int8"):
-        precision = "int8"  # R2D2Extractor
-    if precision == "int8":
-        from models.quantize import precision_label
-
-        # 7- or 8-bit activations, by the CPU: the outputs differ between the two.
-        return precision_label()
-    if isinstance(precision, str):
-        return precision
-    if isinstance(conf, dict) and "autocast" in conf:  # R2D2Extractor
-        mode = conf.get("autocast")
-        return (
-            "fp16" if mode == "fp16" else "bf16" if mode in (True, "bf16") else "fp32"
-        )
-    return None
-
-
 def build_extractor(
-    model: str, device: str = "cpu", conf: dict | None = None
+    model: str, device: str = "auto", conf: dict | None = None
 ) -> ImageExtractor:
-    """``sift``/``orb`` (OpenCV) or a checkpoint path (:func:`load_extractor`)."""
+    """``sift``/``orb`` (OpenCV) or a checkpoint path (:func:`load_extractor`).
+
+    Raises:
+        UserError: an option the model does not take, naming the closest one.
+    """
     conf = dict(conf or {})
     if model.lower() in CLASSICAL:
-        unknown = set(conf) - {"top_k"}
-        if unknown:
+        learned = sorted(set(conf) & set(INFERENCE_DEFAULTS))
+        if learned:
             raise UserError(
-                f"--conf {sorted(unknown)} not understood by {model} (only top_k)"
+                f"{model} runs in OpenCV: {', '.join(learned)} applies to learned "
+                "models only"
             )
-        return OpenCVExtractor(model.lower(), conf.get("top_k"))
+        options = merge_config({"top_k": None}, conf)
+        return OpenCVExtractor(model.lower(), options["top_k"])
     return ModelExtractor(model, device=device, conf=conf)

@@ -13,8 +13,9 @@ weights not yet rounded, so that the layer's output on the calibration images ch
 with a pair limit that keeps the AVX2 kernels exact: without an int8 dot product (VNNI, AMX)
 oneDNN adds the products of input-channel pairs in saturating int16, which 8-bit activations
 times two large same-signed weights overflow. With the limit, activations are 8-bit and the
-results exact integer arithmetic on every CPU (until 2026-12-01, CPUs without an int8 dot
-product got 7-bit activations instead, ``engine.devices.cpu_has_int8_dot_product``).
+results exact integer arithmetic on every CPU (7-bit activations remain only for layers
+the limit does not cover, on CPUs without an int8 dot product,
+``engine.devices.cpu_has_int8_dot_product``).
 
 Before rounding, cross-layer equalisation (Nagel et al., "Data-Free Quantization Through
 Weight Equalization and Bias Correction", ICCV 2019; the activation/weight balance of Xiao et
@@ -92,12 +93,14 @@ def calibration_batch(height: int, width: int, channels: int = 1) -> list[torch.
     return images
 
 
-def precision_label() -> str:
-    """How int8 runs, for provenance records: ``int8-cle-gptq`` (cross-layer equalised,
-    pair-limited GPTQ weights, 8-bit activations on every CPU). Features of earlier
-    versions, recorded as ``int8``, ``int8-a7``, ``int8-cle`` or ``int8-a7-cle``, are not
-    reused."""
-    return "int8-cle-gptq"
+def precision_label(precision: str) -> str:
+    """The provenance label of a resolved precision (``fp32``, ``bf16``, ``fp16``,
+    ``int8``), written into feature and label files: int8 is named by its method,
+    ``int8-cle-gptq`` (cross-layer equalised, pair-limited GPTQ weights, 8-bit
+    activations on every CPU), so that files of another int8 method are not reused."""
+    if precision not in ("fp32", "bf16", "fp16", "int8"):
+        raise ValueError(f"precision {precision!r} is not resolved (auto?)")
+    return "int8-cle-gptq" if precision == "int8" else precision
 
 
 def sequential_pairs(seq: nn.Sequential) -> list[tuple[str, tuple[str]]]:

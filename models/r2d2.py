@@ -23,8 +23,9 @@ of the shared training engine (``model.name: r2d2``, ``train_r2d2.py``), and
 multi-scale protocol of the reference ``extract.py`` (scale factor 2^0.25, image size
 kept within [256, 1024], 3x3 max-pool NMS on repeatability, reliability and
 repeatability thresholds 0.7, score = reliability x repeatability, top 5000), with
-batch-norm folded into the convolutions, channels-last memory and optional bf16 autocast
-for speed.
+batch-norm folded into the convolutions, channels-last memory and the ``precision``
+setting of every network (``engine.devices``): bf16/fp16 autocast of the trunk or a static
+int8 trunk on CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.devices import inference_precision
+from engine.devices import autocast, inference_precision
 from losses.r2d2 import R2D2Loss
 from models.base_model import BaseModel
 from models.r2d2_net import (
@@ -49,6 +50,12 @@ from models.r2d2_net import (
 )
 from utils.config import merge_config
 from utils.errors import UserError
+
+FP32_FIRST_CONVS = 2
+"""Under bf16/fp16 autocast, the first convolutions (on raw pixels, about 2% of the
+FLOPs) run before autocast, in float32: reduced-precision rounding of the pixel
+intensities costs the most keypoint agreement with float32
+(``benchmarks/bench_r2d2_extract.py``)."""
 
 
 class R2D2Extractor(nn.Module):
@@ -63,12 +70,17 @@ class R2D2Extractor(nn.Module):
     Conf keys (defaults are NAVER's ``extract.py``): ``top_k`` (5000; <= 0 keeps all),
     ``reliability_thr`` and ``repeatability_thr`` (0.7), ``min_size`` / ``max_size``
     (256 / 1024 px, longest side), ``scale_f`` (2^0.25), ``min_scale`` / ``max_scale``
-    (0 / 1), ``autocast`` (autocast of the trunk: ``False``, ``True``/``"bf16"``,
-    ``"fp16"`` (CUDA)), ``fp32_first_convs`` (2: leading convolutions kept in float32
-    under autocast), ``channels_last`` (True), ``int8`` (False; True: static int8 trunk
-    on CPU, see ``models.quantize``), ``weights`` (checkpoint path or None =
-    random initialisation), ``model`` (kwargs of :class:`R2D2Net` when no weights),
-    ``tag``.
+    (0 / 1), ``precision`` (``fp32``; ``auto``, ``bf16``, ``fp16``: autocast of the trunk
+    (its first :data:`FP32_FIRST_CONVS` convolutions stay float32); ``int8``: static
+    int8 trunk on CPU, see ``models.quantize``; resolved for ``device`` by
+    :func:`engine.devices.inference_precision`, where ``auto`` never picks int8 for
+    R2D2), ``channels_last`` (True), ``weights`` (checkpoint path or None = random
+    initialisation), ``model`` (kwargs of :class:`R2D2Net` when no weights), ``tag``.
+
+    Args:
+        conf: the keys above.
+        net: a network to use instead of ``conf["weights"]``.
+        device: where it will run, for ``precision``.
 
     Example:
         >>> ex = R2D2Extractor({"model": {"dim": 16, "mchan": 1}, "min_size": 32})
@@ -86,23 +98,28 @@ class R2D2Extractor(nn.Module):
         "scale_f": 2**0.25,
         "min_scale": 0.0,
         "max_scale": 1.0,
-        "autocast": None,
-        "fp32_first_convs": 2,
+        "precision": "fp32",
         "channels_last": True,
-        "int8": False,
         "weights": None,
         "model": {},
         "tag": None,
     }
     grayscale = False
 
-    def __init__(self, conf: dict[str, Any] | None = None, net: R2D2Net | None = None):
+    def __init__(
+        self,
+        conf: dict[str, Any] | None = None,
+        net: R2D2Net | None = None,
+        device: str | torch.device = "cpu",
+    ):
         super().__init__()
-        self.conf = merge_config(self.default_conf, conf or {}, prefix="extractor.")
-        if self.conf["autocast"] not in (False, True, None, "bf16", "fp16", "fp32"):
-            raise UserError(
-                f"autocast={self.conf['autocast']!r}: expected false, bf16 or fp16"
-            )
+        self.conf = merge_config(self.default_conf, conf or {})
+        self.precision = inference_precision(
+            self.conf["precision"],
+            torch.device(device),
+            int8="explicit",
+            network="R2D2",
+        )
         if self.conf["scale_f"] <= 1:
             raise UserError(f"scale_f={self.conf['scale_f']}: expected a value > 1")
         if net is None:
@@ -116,17 +133,15 @@ class R2D2Extractor(nn.Module):
 
     @property
     def tag(self) -> str:
-        """Output file tag: checkpoint name (or ``r2d2``), then ``-bf16``/``-fp16`` with
-        autocast or ``-int8``."""
+        """Output file tag: checkpoint name (or ``r2d2``), then the precision when it is
+        not fp32 (``-bf16``, ``-fp16``, ``-int8``)."""
         if self.conf["tag"]:
             return str(self.conf["tag"])
         tag = "r2d2"
         if self.conf["weights"]:
             tag = os.path.splitext(os.path.basename(str(self.conf["weights"])))[0]
-        if self.conf["int8"]:
-            tag += "-int8"
-        elif self._autocast_enabled():
-            tag += "-" + ("fp16" if self.conf["autocast"] == "fp16" else "bf16")
+        if self.precision != "fp32":
+            tag += f"-{self.precision}"
         return tag
 
     def train(self, mode: bool = True) -> R2D2Extractor:
@@ -139,7 +154,7 @@ class R2D2Extractor(nn.Module):
         if self._trunk is not None and self._trunk_device == device:
             return self._trunk
         trunk = self.net.fused_trunk().to(device)
-        if self.conf["int8"]:
+        if self.precision == "int8":
             if device.type != "cpu":
                 raise UserError("R2D2 int8 extraction runs on the CPU only")
             from models.quantize import calibration_batch, quantize_static
@@ -154,16 +169,8 @@ class R2D2Extractor(nn.Module):
         self._trunk, self._trunk_device = trunk, device
         return self._trunk
 
-    def _autocast_enabled(self) -> bool:
-        return self.conf["autocast"] in (True, "bf16", "fp16")
-
-    def _autocast(self, device: torch.device):
-        mode = self.conf["autocast"]
-        if mode in (True, "bf16"):
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        if mode == "fp16":
-            return torch.autocast(device.type, dtype=torch.float16)
-        return torch.autocast(device.type, enabled=False)
+    def _half(self) -> bool:
+        return self.precision in ("bf16", "fp16")
 
     def dense(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Raw features, reliability and repeatability of an ImageNet-normalised image.
@@ -177,19 +184,16 @@ class R2D2Extractor(nn.Module):
         """
         trunk = self._get_trunk(image.device)
         x = image
-        if self.conf["channels_last"] and not self.conf["int8"]:
+        if self.conf["channels_last"] and self.precision != "int8":
             x = x.contiguous(memory_format=torch.channels_last)
-        # Under autocast, the first convolutions (on raw pixels, ~2% of the FLOPs) stay
-        # in float32: bf16 rounding of the pixel intensities costs the most keypoint
-        # agreement with float32 (benchmarks/bench_r2d2_extract.py).
-        split = 0
-        if self._autocast_enabled():
+        if self._half():
             convs = [i for i, m in enumerate(trunk) if isinstance(m, nn.Conv2d)]
-            keep = min(int(self.conf["fp32_first_convs"]), len(convs))
+            keep = min(FP32_FIRST_CONVS, len(convs))
             split = convs[keep] if keep < len(convs) else len(trunk)
-            x = trunk[:split](x)
-        with self._autocast(image.device):
-            feats = trunk[split:](x) if split else trunk(x)
+            with autocast(image.device, self.precision):
+                feats = trunk[split:](trunk[:split](x))
+        else:
+            feats = trunk(x)
         if self.net.fast:
             feats = F.interpolate(
                 feats, size=image.shape[-2:], mode="bilinear", align_corners=False
@@ -283,20 +287,6 @@ def num_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------
 # Training wrapper (the BaseModel contract of the shared engine) and checkpoint dispatch.
 
-R2D2_NET_KEYS = (
-    "dim",
-    "mchan",
-    "relu22",
-    "fast",
-    "downsample_factor",
-    "inchan",
-    "dilated",
-    "dilation",
-    "bn",
-    "bn_affine",
-    "normalize_input",
-)
-
 
 class R2D2(BaseModel):
     """Trainable R2D2 / Fast-R2D2 (``model.name: r2d2``) for ``train_r2d2.py``.
@@ -344,7 +334,8 @@ class R2D2(BaseModel):
     default_loss_conf: dict[str, Any] = R2D2Loss.default_conf
 
     def _init(self, conf: dict[str, Any]) -> None:
-        self.net = R2D2Net(**{key: conf[key] for key in R2D2_NET_KEYS})
+        # Every key of default_conf but the registry name is an R2D2Net argument.
+        self.net = R2D2Net(**{k: conf[k] for k in self.default_conf if k != "name"})
         self.criterion = R2D2Loss(self.loss_conf)
 
     def _forward(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -437,7 +428,7 @@ def load_r2d2_net(path: str | os.PathLike) -> R2D2Net:
 EXTRACTOR_OPTIONS = tuple(
     k for k in R2D2Extractor.default_conf if k not in ("weights", "model", "tag")
 )
-"""R2D2 post-processing options accepted by :func:`load_r2d2_extractor`."""
+"""R2D2 extraction options accepted by :func:`load_r2d2_extractor`."""
 
 
 def load_r2d2_extractor(
@@ -453,31 +444,15 @@ def load_r2d2_extractor(
         source: the file's path (messages and the output tag, its stem).
         device: torch device string.
         conf: :data:`EXTRACTOR_OPTIONS` overrides (``top_k``, ``reliability_thr``,
-            ``min_size``...) and ``precision`` (``fp32`` | ``bf16`` | ``fp16``: autocast
-            of the trunk; ``int8``: static int8 trunk on CPU; ``auto``: bf16 on GPUs and
-            where it is native, else fp32, :func:`engine.devices.inference_precision`).
+            ``min_size``, ``precision``...; see :class:`R2D2Extractor`).
 
     Raises:
-        UserError: an option R2D2 does not understand (e.g. SuperPoint's
-            ``nms_radius``), or a bad checkpoint.
+        UserError: an option R2D2 does not take (e.g. SuperPoint's ``nms_radius``),
+            naming the closest one, or a bad checkpoint.
     """
-    conf = dict(conf or {})
-    precision = conf.pop("precision", "fp32")
-    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
-        raise UserError(
-            f"precision={precision!r}: expected auto, fp32, bf16, fp16 or int8"
-        )
-    precision = inference_precision(precision, torch.device(device))
-    unknown = set(conf) - set(EXTRACTOR_OPTIONS)
-    if unknown:
-        raise UserError(
-            f"{source}: R2D2 extractor option(s) {sorted(unknown)} not understood "
-            f"(valid: {', '.join(EXTRACTOR_OPTIONS)}, precision)"
-        )
-    if precision == "int8":
-        conf.setdefault("int8", True)
-    elif precision != "fp32":
-        conf.setdefault("autocast", precision)
+    conf = merge_config(
+        {k: R2D2Extractor.default_conf[k] for k in EXTRACTOR_OPTIONS}, conf
+    )
     net = r2d2_net_from_checkpoint(obj, source)
-    extractor = R2D2Extractor({**conf, "weights": source}, net=net)
+    extractor = R2D2Extractor({**conf, "weights": source}, net=net, device=device)
     return extractor.to(device)

@@ -28,7 +28,6 @@ views. Pixels counted by no view get 0.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -241,38 +240,18 @@ def model_detector(
 
     Args:
         model: network whose ``forward({"image": x})`` returns ``heatmap`` ``(B, H, W)``.
-        precision: ``fp32``, ``bf16`` or ``int8``. For bf16 a copy of the network is cast
-            once (on CPUs with AMX several times faster than fp32, and faster than autocast,
-            which re-casts the weights at every call); int8 quantises a copy's convolutions
-            (``models.quantize``, the fast path of CPUs without native bf16).
+        precision: resolved (``engine.devices.inference_precision``): ``fp32``, ``bf16``,
+            ``fp16`` or ``int8``, run by :class:`models.extractor.SuperPointRunner` (the
+            path of extraction too).
         channels_last: run convolutions in channels-last memory layout.
     """
-    model = copy.deepcopy(model).eval()
-    if precision == "int8":
-        from models.quantize import SuperPointDense, calibration_batch, quantize_static
-        from models.superpoint import logits_to_heatmap
+    from models.extractor import SuperPointRunner
 
-        quantized = quantize_static(
-            SuperPointDense(model.float().cpu()),
-            calibration_batch(240, 320, model.conf.get("input_channels", 1)),
-        )
+    device = next(model.parameters()).device
+    runner = SuperPointRunner(model, precision, channels_last, device)
 
-        @torch.inference_mode()
-        def detect_int8(images: torch.Tensor) -> torch.Tensor:
-            return logits_to_heatmap(quantized(images.float())[0].float())
-
-        return detect_int8
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = model.to(dtype)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
     def detect(images: torch.Tensor) -> torch.Tensor:
-        images = images.to(dtype)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return model({"image": images})["heatmap"].float()
+        return runner({"image": images})["heatmap"]
 
     return detect
 
