@@ -44,6 +44,7 @@ def onnx_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480, help="example height")
     parser.add_argument("--width", type=int, default=640, help="example width")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_overrides("settings", keys="options")
     args = parser.parse_args(argv)
 
     def run() -> int:

@@ -31,9 +31,12 @@ the record in the group's ``provenance`` attribute).
 Models: ``sift`` and ``orb`` (OpenCV) or a local checkpoint path handed to
 ``models.load_extractor``: MagicPoint/SuperPoint (ours or foreign weights) and R2D2
 (``train_r2d2.py`` runs or NAVER's published files such as ``r2d2_WASF_N16.pt``, with
-the published multi-scale defaults; ``--conf`` takes ``reliability_thr``,
-``repeatability_thr``, ``min_size``, ``max_size``, ``scale_f``, ``precision=bf16``...).
-In the HDF5 layout keypoints stay (N, 2) and R2D2 scales go to ``scales``.
+the published multi-scale defaults). The model's options are positional ``key=value``
+overrides: ``nms_radius=4 detection_threshold=0.005`` (SuperPoint), ``reliability_thr=0.7
+max_size=1024`` (R2D2), ``top_k=1000`` (any model), and for learned models ``precision``
+(``--precision``, ``engine.devices``) and ``channels_last``; a misspelled key is one line
+naming the closest one. In the HDF5 layout keypoints stay (N, 2) and R2D2 scales go to
+``scales``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets.hpatches import parse_resize
+from engine.devices import add_device_argument, add_precision_argument
 from models.extractor import build_extractor
 from pipelines.extraction import (
     collect_images,
@@ -52,8 +56,24 @@ from pipelines.extraction import (
     extract_to_h5,
 )
 from utils.arguments import ArgumentParser
-from utils.config import parse_key_values
+from utils.config import parse_overrides
 from utils.errors import UserError, run_cli
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options of a command line: its ``key=value`` overrides, with
+    ``--top-k`` and ``--precision`` (which win over ``top_k=``/``precision=``).
+
+    ``args.top_k`` is set from ``top_k=`` when ``--top-k`` is absent, so output tags
+    and the keypoint budget agree whichever spelling was used."""
+    conf = parse_overrides(args.overrides)
+    if args.top_k is not None:
+        conf["top_k"] = args.top_k
+    elif isinstance(conf.get("top_k"), int) and not isinstance(conf["top_k"], bool):
+        args.top_k = conf["top_k"]
+    if args.precision is not None:
+        conf["precision"] = args.precision
+    return conf
 
 
 def track(args: argparse.Namespace, conf: dict[str, Any]) -> int:
@@ -146,16 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="protocol resize: none | HxW (crop to aspect, then resize) | shortN | maxN",
     )
-    parser.add_argument(
-        "--conf",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model post-processing, e.g. detection_threshold=0.015 nms_radius=4 "
-        "(SuperPoint) or reliability_thr=0.7 max_size=1024 precision=bf16 (R2D2)",
+    parser.add_overrides(
+        "model options, e.g. detection_threshold=0.015 nms_radius=4 (SuperPoint) or "
+        "reliability_thr=0.7 max_size=1024 (R2D2), precision=bf16 channels_last=false"
     )
     parser.add_argument("--h5", default=None, help="write one HDF5 file instead")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    add_device_argument(parser)
+    add_precision_argument(
+        parser, None, note="learned models; default fp32, as the references"
+    )
     redo = parser.add_mutually_exclusive_group()
     redo.add_argument(
         "--overwrite",
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        conf = model_options(args)
         if args.top_k is not None and args.top_k < 1:
             raise UserError(f"invalid --top-k {args.top_k}: expected a positive number")
         resize = args.resize
@@ -187,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError("--max-size needs a positive N and no --resize")
             resize = f"max{args.max_size}"
         parse_resize(resize)
-        conf = parse_key_values(args.conf)
-        if args.top_k is not None:
-            conf["top_k"] = args.top_k
         if args.video is not None or args.track:
             return track(args, conf)
         if not args.images:

@@ -21,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from utils.arguments import ArgumentParser  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from engine.devices import add_device_argument  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 
 GB = 1024**3
 
@@ -43,12 +44,13 @@ def measure(batch: int, dim: int, shape: tuple[int, int], chunk: int, device: st
     import torch
     import torch.nn.functional as F
 
+    from engine.devices import resolve_device
     from geometry.homography import sample_homography
     from losses.descriptor import dense_descriptor_loss
 
     torch.manual_seed(0)
     hc, wc = shape[0] // 8, shape[1] // 8
-    dev = torch.device(device)
+    dev = resolve_device(device)
     rng = np.random.default_rng(0)
     H = torch.from_numpy(
         np.stack([sample_homography(shape, rng) for _ in range(batch)])
@@ -85,7 +87,7 @@ def measure(batch: int, dim: int, shape: tuple[int, int], chunk: int, device: st
         "batch": batch,
         "dim": dim,
         "chunk": chunk,
-        "device": device,
+        "device": str(dev),
         "peak_bytes": peak,
         "naive_bytes": naive,
         "seconds": seconds,
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--chunks", type=int, nargs="+", default=[4, 32], help="chunk sizes to test"
     )
-    parser.add_argument("--device", default="cpu", help="cpu | cuda[:i]")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

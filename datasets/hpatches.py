@@ -27,7 +27,6 @@ from __future__ import annotations
 import re
 import struct
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,13 +413,6 @@ class HPatchesPairs(torch.utils.data.Dataset):
             "kind": seq.kind,
             "index": k,
         }
-
-
-def iter_pairs(sequences: list[Sequence]) -> Iterator[tuple[Sequence, int]]:
-    """Yield ``(sequence, k)`` for the 5 pairs (1, k) of every sequence."""
-    for seq in sequences:
-        for k in range(2, 7):
-            yield seq, k
 
 
 def show_pairs(dataset: HPatchesPairs, out: Path, num: int = 6) -> Path:

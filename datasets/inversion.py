@@ -85,7 +85,7 @@ class InversionDataset(Dataset):
         "features": "online",
         "extractor": "sift",
         "extractor_conf": {},
-        "extractor_device": "cpu",
+        "extractor_device": "auto",
         # Folder of the feature files (extract.py --out-dir); None: next to the images.
         "features_dir": None,
         "max_points": 1000,
@@ -398,7 +398,7 @@ class InversionDataset(Dataset):
                 image.shape[:2],
                 conf["depth_scale"],
             )
-            depth = resize_short_side_nearest(depth, params["size"])
+            depth = resize_nearest(depth, params["size"])
             x0, y0 = params["offset"]
             depth = depth[y0 : y0 + size[0], x0 : x0 + size[1]]
             depths = sample_at_keypoints(self._apply_flips(depth, params), keypoints)[
@@ -479,7 +479,7 @@ def fill_input_channels(
         )
 
 
-def resize_short_side_nearest(depth: Array, size: tuple[int, int]) -> Array:
+def resize_nearest(depth: Array, size: tuple[int, int]) -> Array:
     """Depth resized to ``size`` (H, W) with nearest neighbours (no mixed depths)."""
     if depth.shape[:2] == tuple(size):
         return depth

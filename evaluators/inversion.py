@@ -45,6 +45,7 @@ from pipelines.reconstruction import (
     InversionNetworks,
     add_input_arguments,
     evaluation_dataset,
+    extractor_conf,
     load_networks,
 )
 from utils.arguments import ArgumentParser
@@ -254,10 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         for keep in args.keep:
             if not 0 < keep <= 1:
                 raise UserError(f"--keep {keep}: expected fractions in (0, 1]")
-        networks = load_networks(args.checkpoint, args.refiner, args.device)
+        networks = load_networks(
+            args.checkpoint, args.refiner, args.device, args.precision
+        )
+        options = extractor_conf(args)
         first = evaluation_dataset(
             networks, args.images, args.features, args.model, args.keep[0],
-            args.size, args.max_points, device=args.device,
+            args.size, args.max_points, extractor_conf=options, device=args.device,
             features_dir=args.features_dir,
         )  # fmt: skip
         size = first.conf["eval_size"] or 256
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": first.conf["eval_size"],
             "max_points": first.conf["max_points"],
             "train_images": train_images,
+            "precision": networks.precision,
             "results": [],
         }
         grids: dict[float, bytes] = {}
@@ -286,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         for keep in args.keep:
             dataset = evaluation_dataset(
                 networks, args.images, args.features, args.model, keep, args.size,
-                args.max_points, device=args.device, extractor=extractor,
-                features_dir=args.features_dir,
+                args.max_points, extractor_conf=options, device=args.device,
+                extractor=extractor, features_dir=args.features_dir,
             )  # fmt: skip
             result, grid = evaluate_fraction(
                 networks, dataset, mean, interpolation, args.grids

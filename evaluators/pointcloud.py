@@ -41,7 +41,13 @@ from datasets.depth_io import (
     read_intrinsics_file,
 )
 from datasets.pointcloud import cloud_input
-from engine.devices import resolve_device
+from engine.devices import (
+    AutocastCall,
+    add_device_argument,
+    add_precision_argument,
+    inference_precision,
+    resolve_device,
+)
 from geometry.camera import (
     affine_depth_with_shift,
     depth_to_points,
@@ -133,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("outputs/pointcloud_eval"),
         help="output folder",
     )
-    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:i]")
+    add_device_argument(parser)
+    add_precision_argument(parser, "fp32", note="of the point-cloud networks; no int8")
+    parser.add_overrides("settings", keys="options")
     return parser
 
 
@@ -448,12 +456,17 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.fov_init < 180:
             raise UserError(f"--fov-init {args.fov_init} is not in (0, 180)")
         device = resolve_device(args.device)
+        precision = inference_precision(
+            args.precision, device, network="the point-cloud networks"
+        )
         models = {
             "focal": load_model(args.focal_model, "focal", "--focal-model"),
             "shift": load_model(args.shift_model, "shift", "--shift-model"),
         }
-        for model, _ in models.values():
-            model.to(device)
+        models = {
+            name: (AutocastCall(model.to(device), device, precision), conf)
+            for name, (model, conf) in models.items()
+        }
         items, invalid = gather(args)
         if any(invalid.values()):
             print(f"masked invalid depth pixels: {describe_invalid(invalid)}")
@@ -513,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "draws": args.draws,
                 "mirror": args.mirror,
+                "precision": precision,
             }
             summary = summarise(scored, settings)
             atomic_write_text(

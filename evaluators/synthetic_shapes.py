@@ -29,7 +29,13 @@ import torch
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from engine.devices import autocast, resolve_device, resolve_precision
+from engine.devices import (
+    add_device_argument,
+    add_precision_argument,
+    autocast,
+    inference_precision,
+    resolve_device,
+)
 from geometry.keypoints import nms
 from utils.arguments import ArgumentParser
 from utils.config import merge_config
@@ -350,8 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=1, help="processes drawing test images"
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    add_device_argument(p)
+    add_precision_argument(p, "fp32", note="of the model, as in extraction")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the model's convolutions in channels-last memory layout",
+    )
+    p.add_overrides("settings", keys="options")
     return p
 
 
@@ -362,10 +375,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "nothing to evaluate: give --checkpoint CKPT and/or --methods ..."
         )
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+    precision = inference_precision(
+        args.precision, device, int8="auto", network="MagicPoint/SuperPoint"
+    )
     entries: list[tuple[str, Any, dict]] = []
     for ckpt_path in args.checkpoint:
         from models import build_model
+        from models.extractor import SuperPointRunner
         from models.weights import check_and_load_state_dict
         from utils.io import load_checkpoint
 
@@ -380,10 +396,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_conf.pop("augmentation", None)
         if args.image_size:
             data_conf["image_size"] = list(args.image_size)
+        # The runner applies the precision, as extraction does (evaluate's autocast
+        # stays off).
+        runner = SuperPointRunner(model, precision, args.channels_last, device)
         entries.append(
             (
                 Path(ckpt_path).parent.parent.name or Path(ckpt_path).stem,
-                model,
+                runner,
                 data_conf,
             )
         )
@@ -396,7 +415,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "protocol": {
-            k: v for k, v in vars(args).items() if k not in ("checkpoint", "methods")
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("checkpoint", "methods", "overrides")
         }
     }
     for variant in args.variants:
@@ -409,7 +430,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 args,
                 model=model,
                 device=device,
-                precision=precision,
             )
             curves[name] = res
         _plot(curves, out_dir / f"pr_{variant}.png", f"Synthetic Shapes ({variant})")

@@ -16,6 +16,12 @@ import cv2
 import numpy as np
 import torch
 
+from engine.devices import (
+    add_device_argument,
+    add_precision_argument,
+    inference_precision,
+    resolve_device,
+)
 from pipelines.homographic_adaptation import (
     HA_HOMOGRAPHY,
     adaptation_keypoints,
@@ -69,10 +75,11 @@ def label_record(conf: dict, precision: str) -> dict:
     """What this run's label files depend on; each file stores it as JSON ``provenance``.
 
     The detector is named by the SHA-256 of its checkpoint (or, random, by its seed and
-    model config), ``precision`` as run (``int8`` named by its method,
+    model config), ``precision`` as run (resolved, labelled by
     :func:`models.quantize.precision_label`), plus the image size and the
     :data:`LABEL_SETTINGS`. The per-image source file size is added by the caller.
     """
+    from models.quantize import precision_label
     from utils.config import to_plain
     from utils.io import file_sha256
 
@@ -81,13 +88,9 @@ def label_record(conf: dict, precision: str) -> dict:
         detector = {"id": f"sha256:{file_sha256(ex['checkpoint'])}"}
     else:
         detector = {"id": "random", "seed": ex["seed"], "model": conf["model"]}
-    if precision == "int8":
-        from models.quantize import precision_label
-
-        precision = precision_label()
     record = {
         "detector": detector,
-        "precision": precision,
+        "precision": precision_label(precision),
         "image_size": conf["data"]["image_size"],
         "export": {key: ex[key] for key in LABEL_SETTINGS},
     }
@@ -173,17 +176,15 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "config", help="YAML config (e.g. configs/magicpoint_coco_export.yaml)"
     )
-    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    parser.add_overrides("config overrides, e.g. export.num_homographies=50")
     parser.add_argument(
         "--images", help="image root (data.root): a folder or 'builtin'"
     )
     parser.add_argument("--out", required=True, help="output folder of the labels")
     parser.add_argument("--checkpoint", help="detector weights (export.checkpoint)")
     parser.add_argument("--shard", help="i/n: process every n-th image from the i-th")
-    parser.add_argument("--device", help="auto | cpu | cuda[:i] (export.device)")
-    parser.add_argument(
-        "--precision", help="auto | fp32 | bf16 | int8 (export.precision)"
-    )
+    add_device_argument(parser, "export.device")
+    add_precision_argument(parser, None, "export.precision", "of the detector")
     parser.add_argument(
         "--overlays", type=int, help="write PNG overlays for this many images"
     )
@@ -193,7 +194,6 @@ def export_main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from datasets.augmentation import homography_config
         from datasets.image_folder import list_images, load_gray, resize_image
-        from engine.devices import inference_precision, resolve_device
         from models import build_model
         from utils.io import atomic_savez, atomic_write, ensure_writable_dir
 
@@ -216,8 +216,9 @@ def export_main(argv: list[str] | None = None) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         shard, shards = shard * world + rank, shards * world
         device = resolve_device(ex["device"], int(os.environ.get("LOCAL_RANK", "0")))
-        precision = inference_precision(ex["precision"], device, int8_keeps_points=True)
-        precision = "fp32" if precision == "fp16" else precision
+        precision = inference_precision(
+            ex["precision"], device, int8="auto", network="MagicPoint/SuperPoint"
+        )
         entries = list_images(conf["data"], ex["split"])[shard::shards]
 
         if ex["checkpoint"]:

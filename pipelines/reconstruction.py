@@ -27,7 +27,13 @@ import torch
 from tqdm import tqdm
 
 from datasets.inversion import InversionDataset
-from engine.devices import resolve_device
+from engine.devices import (
+    AutocastCall,
+    add_device_argument,
+    add_precision_argument,
+    inference_precision,
+    resolve_device,
+)
 from models.inversion import InversionModel, to_uint8_image
 from models.refiner import RefinerModel
 from utils.arguments import ArgumentParser
@@ -37,21 +43,25 @@ from utils.io import atomic_write_image, ensure_writable_dir, load_checkpoint
 
 @dataclass
 class InversionNetworks:
-    """A coarse network, an optional refiner and the coarse run's data section."""
+    """A coarse network, an optional refiner and the coarse run's data section; they
+    run at ``precision`` (resolved: ``fp32``, ``bf16`` or ``fp16`` autocast)."""
 
     coarse: InversionModel
     refiner: RefinerModel | None
     data_conf: dict[str, Any]
     in_channels: int
     source: str
+    precision: str = "fp32"
 
-    @torch.no_grad()
     def predict(self, sparse: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``coarse`` (and ``refined``) images ``(B, C_out, H, W)`` in [0, 1] from the
-        sparse input ``(B, C_in, H, W)``."""
-        out = {"coarse": self.coarse({"input": sparse})["image"]}
+        """``coarse`` (and ``refined``) images ``(B, C_out, H, W)`` float32 in [0, 1]
+        from the sparse input ``(B, C_in, H, W)``."""
+        device = sparse.device
+        coarse = AutocastCall(self.coarse, device, self.precision)
+        out = {"coarse": coarse({"input": sparse})["image"]}
         if self.refiner is not None:
-            out["refined"] = self.refiner({"input": sparse})["image"]
+            refiner = AutocastCall(self.refiner, device, self.precision)
+            out["refined"] = refiner({"input": sparse})["image"]
         return out
 
 
@@ -80,11 +90,16 @@ def _load_state(model: torch.nn.Module, state: dict, path: str) -> None:
 
 
 def load_networks(
-    checkpoint: str, refiner: str | None = None, device: str = "cpu"
+    checkpoint: str,
+    refiner: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> InversionNetworks:
     """Networks of a ``train_reconstruct.py`` (and ``train_refine.py``) checkpoint, in eval
-    mode on ``device``; no loss weights (VGG16) are needed."""
+    mode on ``device``, to run at ``precision`` (``engine.devices.PRECISIONS``; these
+    networks have no int8 path); no loss weights (VGG16) are needed."""
     target = resolve_device(device)
+    resolved = inference_precision(precision, target, network="the inversion networks")
     ckpt = _read_run(checkpoint, "inversion", "train_reconstruct.py")
     conf = ckpt["config"]
     coarse = InversionModel(conf["model"], {"perceptual": 0.0})
@@ -108,6 +123,7 @@ def load_networks(
         dict(conf["data"]),
         conf["model"]["in_channels"],
         checkpoint,
+        resolved,
     )
 
 
@@ -166,7 +182,7 @@ def evaluation_dataset(
     return dataset
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+def add_input_arguments(parser: ArgumentParser) -> None:
     """Options shared by ``export.py reconstruct`` and ``evaluation.py inversion``."""
     parser.add_argument(
         "--checkpoint", required=True, help="train_reconstruct.py checkpoint (coarse)"
@@ -201,7 +217,30 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help="keypoints kept at most, strongest first (None: the checkpoint's "
         "data.max_points)",
     )
-    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda[:i]")
+    add_device_argument(parser)
+    add_precision_argument(parser, "fp32", note="of the inversion networks; no int8")
+    parser.add_overrides(
+        "settings; extractor_conf.KEY=VALUE: options of the --model extractor "
+        "(as extract.py's, e.g. extractor_conf.precision=bf16)",
+        keys="options",
+        sections=("extractor_conf",),
+    )
+
+
+def extractor_conf(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``extractor_conf.KEY=VALUE`` overrides of a command line, for ``--model``.
+
+    Raises:
+        UserError: overrides without ``--model``, or one that is not a mapping.
+    """
+    from utils.config import parse_overrides
+
+    conf = parse_overrides(args.overrides).get("extractor_conf", {})
+    if not isinstance(conf, dict):
+        raise UserError(f"extractor_conf expects a mapping, got {conf!r}")
+    if conf and not args.model:
+        raise UserError("extractor_conf sets the options of --model (online features)")
+    return conf
 
 
 def export_main(argv: list[str] | None = None) -> int:
@@ -224,7 +263,9 @@ def export_main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if not 0 < args.keep <= 1:
             raise UserError(f"--keep {args.keep}: expected a fraction in (0, 1]")
-        networks = load_networks(args.checkpoint, args.refiner, args.device)
+        networks = load_networks(
+            args.checkpoint, args.refiner, args.device, args.precision
+        )
         dataset = evaluation_dataset(
             networks,
             args.images,
@@ -233,6 +274,7 @@ def export_main(argv: list[str] | None = None) -> int:
             args.keep,
             args.size,
             args.max_points,
+            extractor_conf=extractor_conf(args),
             device=args.device,
             features_dir=args.features_dir,
         )

@@ -1,4 +1,4 @@
-"""Point tracking on a video with any keypoint extractor (SPEC 3.7).
+"""Point tracking on a video with any keypoint extractor.
 
 As MagicLeap's ``demo_superpoint.py``: every frame is described, its points are matched to
 the previous frame's by two-way nearest neighbours in descriptor space (kept when the L2
@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.devices import add_device_argument, add_precision_argument
 from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
@@ -328,26 +329,26 @@ def track_main(argv: list[str] | None = None) -> int:
         "--max-length", type=int, default=5, help="positions drawn per track"
     )
     parser.add_argument("--max-frames", type=int, default=0, help="0: all frames")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    add_device_argument(parser)
+    add_precision_argument(
+        parser, None, note="learned models; default fp32, as the references"
+    )
     parser.add_argument(
         "--fps", type=float, default=15.0, help="frame rate of a video output"
     )
-    parser.add_argument(
-        "--conf",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model post-processing, e.g. nms_radius=4",
+    parser.add_overrides(
+        "model options, e.g. nms_radius=4 detection_threshold=0.005 (as extract.py)"
     )
     args = parser.parse_args(argv)
 
     def run() -> int:
         from models.extractor import build_extractor
-        from utils.config import parse_key_values
+        from utils.config import parse_overrides
 
-        extractor = build_extractor(
-            args.model, args.device, parse_key_values(args.conf)
-        )
+        conf = parse_overrides(args.overrides)
+        if args.precision is not None:
+            conf["precision"] = args.precision
+        extractor = build_extractor(args.model, args.device, conf)
         stats = run_tracking(
             args.video,
             extractor,

@@ -64,7 +64,7 @@ $PYTHON extract.py --model sift --images "$PHOTOS" --max-size "$MAX_SIZE" \
   --top-k "$TOP_K" --tag sift
 $PYTHON extract.py --model "$R2D2_CKPT" --images "$PHOTOS" --max-size "$MAX_SIZE" \
   --top-k "$TOP_K" --tag r2d2 --device "$DEVICE" \
-  --conf reliability_thr=0 repeatability_thr=0
+  reliability_thr=0 repeatability_thr=0
 
 # 4-5. Coarse network, refiner and evaluation per feature type.
 for tag in $FEATURES; do

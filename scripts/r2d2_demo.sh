@@ -66,7 +66,6 @@ loss_keys() {  # the study row's loss variant, as in configs/r2d2_study_<row>.ya
 }
 
 # 3. Train and evaluate every variant.
-EXTRACT_CONF="{\"reliability_thr\": $REL_THR, \"repeatability_thr\": $REP_THR}"
 for variant in $VARIANTS; do
   exp=${PREFIX}_${variant}
   # shellcheck disable=SC2046
@@ -83,7 +82,8 @@ for variant in $VARIANTS; do
   tag=${exp}-$(basename "$ckpt" .pt)-thr${REL_THR}_${REP_THR}
   python evaluation.py hpatches --preset d2net --data "$HPATCHES" \
     --model "$ckpt" --tag "$tag" --device "$DEVICE" \
-    --set "extractor_conf=$EXTRACT_CONF" --num-match-plots 1 \
+    extractor_conf.reliability_thr="$REL_THR" \
+    extractor_conf.repeatability_thr="$REP_THR" --num-match-plots 1 \
     --out "$DATA/eval/$variant" > /dev/null
 done
 
@@ -98,7 +98,7 @@ root, steps, crop, batch, precision = sys.argv[1:6]
 variants = sys.argv[6:]
 PUBLISHED = {"original": "0.700", "hardnet": "0.704", "dice": "0.715",
              "czekanowski": "0.709", "jaccard": "0.706", "squared_chord": "0.664",
-             "hardnet_dice": "not given in SPEC", "sift": "-"}
+             "hardnet_dice": "not published", "sift": "-"}
 LABELS = {"original": "original (cosine, AP)", "hardnet": "HardNet reliability",
           "dice": "Dice", "czekanowski": "Czekanowski", "jaccard": "Jaccard",
           "squared_chord": "Squared-chord", "hardnet_dice": "HardNet + Dice",

@@ -154,15 +154,15 @@ def specific_cases() -> list[Case]:
         Case(
             extract,
             "wrong config key",
-            ("--model", "{in}/good.pt", "--images", "{in}/images", "--conf", "nms=2"),
-            "unknown extractor option(s) ['nms']",
+            ("--model", "{in}/good.pt", "--images", "{in}/images", "nms=2"),
+            "unknown config key 'nms'; did you mean 'nms_radius'?",
         ),
         Case(
             extract,
             "wrong config type",
             ("--model", "{in}/good.pt", "--images", "{in}/images")
-            + ("--conf", "nms_radius=wide"),
-            "config key 'model.nms_radius' expects int",
+            + ("nms_radius=wide",),
+            "config key 'nms_radius' expects int",
         ),
         Case(
             hpatches,
@@ -203,14 +203,14 @@ def specific_cases() -> list[Case]:
         Case(
             hpatches,
             "wrong config key",
-            ("--data", "{in}/hp", *hp_sift, "--set", "topk=5"),
-            "unknown preset field 'topk' (did you mean top_k?)",
+            ("--data", "{in}/hp", *hp_sift, "topk=5"),
+            "unknown config key 'topk'; did you mean 'top_k'?",
         ),
         Case(
             hpatches,
             "wrong config type",
-            ("--data", "{in}/hp", *hp_sift, "--set", "top_k=many"),
-            "invalid --set top_k='many'",
+            ("--data", "{in}/hp", *hp_sift, "top_k=many"),
+            "config key 'top_k' expects int or null, got 'many'",
         ),
         Case(
             hpatches,

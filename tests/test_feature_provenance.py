@@ -163,18 +163,18 @@ def test_extract_py_reuses_only_matching_files(two_runs, tmp_path, capsys):
     code, out = extract("--model", str(a), "--tag", "t", "--device", "cpu")
     assert code == 0 and "t: 1 written, 0 up to date" in out.out
     record = read_provenance(tmp_path / "img.png.t")
-    assert record["options"] == {} and record["preset"] is None
+    assert record["options"] == {"precision": "fp32"} and record["preset"] is None
     assert record["original_size"] == [96, 64]
     code, out = extract("--model", str(a), "--tag", "t", "--device", "cpu")
     assert "t: 0 written, 1 up to date" in out.out
     # Other options, another model, or another image size: stale.
-    code, out = extract("--model", str(a), "--tag", "t", "--conf", "nms_radius=2")
+    code, out = extract("--model", str(a), "--tag", "t", "nms_radius=2")
     assert "t: 1 written (1 stale, re-extracted)" in out.out
-    code, out = extract("--model", str(b), "--tag", "t", "--conf", "nms_radius=2")
+    code, out = extract("--model", str(b), "--tag", "t", "nms_radius=2")
     assert "t: 1 written (1 stale, re-extracted)" in out.out
     cv2.imwrite(str(image), np.zeros((64, 80), np.uint8))
     code, out = extract(
-        "--model", str(b), "--tag", "t", "--conf", "nms_radius=2", "--no-overwrite"
+        "--model", str(b), "--tag", "t", "nms_radius=2", "--no-overwrite"
     )
     assert code == 2 and "source image was [96, 64], now [80, 64]" in out.err
     # SIFT records the OpenCV version; the HDF5 layout keeps the same record.

@@ -14,6 +14,26 @@ from geometry.homography import (
 )
 
 
+def test_warp_points_matches_a_hand_computed_point():
+    """``p' = H (x, y, 1)^T`` then division by the third coordinate, in NumPy and torch,
+    for one ``H`` and for a batch of them (each applied to its own points)."""
+    H = np.array([[2.0, 0.5, 3.0], [0.1, 1.0, -4.0], [0.001, 0.002, 1.0]])
+    point = np.array([[10.0, 20.0]])
+    # (2*10 + 0.5*20 + 3, 0.1*10 + 20 - 4, 0.001*10 + 0.002*20 + 1) = (33, 17, 1.05)
+    expected = np.array([[33.0 / 1.05, 17.0 / 1.05]])
+    np.testing.assert_allclose(warp_points(point, H), expected, rtol=1e-12)
+    torch_out = warp_points(torch.from_numpy(point), torch.from_numpy(H))
+    np.testing.assert_allclose(torch_out.numpy(), expected, rtol=1e-12)
+    # Batched: the second homography is a pure translation by (5, -7).
+    shift = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, -7.0], [0.0, 0.0, 1.0]])
+    batch_h = np.stack([H, shift])
+    points = np.stack([point, point])
+    expected_batch = np.stack([expected, [[15.0, 13.0]]])
+    np.testing.assert_allclose(warp_points(points, batch_h), expected_batch, rtol=1e-12)
+    torch_batch = warp_points(torch.from_numpy(points), torch.from_numpy(batch_h))
+    np.testing.assert_allclose(torch_batch.numpy(), expected_batch, rtol=1e-12)
+
+
 def test_warp_there_and_back_returns_points():
     rng = np.random.default_rng(0)
     points = rng.uniform(0, 100, (50, 2))

@@ -120,8 +120,7 @@ def test_learned_checkpoint(tmp_path, name):
             str(tmp_path / "o"),
             "--device",
             "cpu",
-            "--set",
-            'extractor_conf={"detection_threshold": 0.0}',
+            "extractor_conf.detection_threshold=0.0",
             "--num-match-plots",
             "0",
         ]

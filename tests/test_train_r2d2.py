@@ -169,7 +169,7 @@ def test_checkpoint_extracts_through_load_extractor_and_extract_py(tmp_path, pho
     conf = [f"{k}={v}" for k, v in EXTRACT_CONF.items()]
     code = extract.main(
         ["--model", str(ckpt_path), "--images", str(image_file), "--tag", "r2d2"]
-        + ["--top-k", "50", "--conf", *conf]
+        + ["--top-k", "50", *conf]
     )
     assert code == 0
     with np.load(tmp_path / "img.png.r2d2") as out:
@@ -200,17 +200,12 @@ def test_naver_published_file_works_in_extract_py(tmp_path, capsys):
         np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8),
     )
     conf = [f"{k}={v}" for k, v in EXTRACT_CONF.items()]
-    assert (
-        extract.main(
-            ["--model", str(path), "--images", str(image_file)] + ["--conf", *conf]
-        )
-        == 0
-    )
+    assert extract.main(["--model", str(path), "--images", str(image_file), *conf]) == 0
     assert (tmp_path / "img.png.faster2d2_WASF_N16").is_file()
     # SuperPoint options are refused by name.
     capsys.readouterr()
     code = extract.main(
-        ["--model", str(path), "--images", str(image_file), "--conf", "nms_radius=4"]
+        ["--model", str(path), "--images", str(image_file), "nms_radius=4"]
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "nms_radius" in err[0]
@@ -316,7 +311,7 @@ def test_d2net_evaluation_of_a_checkpoint(tmp_path, photos, capsys):
     code = evaluate_main(
         ["--data", str(data), "--preset", "d2net", "--model"]
         + [str(latest_checkpoint(tmp_path / "ev")), "--tag", "r2d2", "--out", str(out)]
-        + ["--set", f"extractor_conf={conf}", "--num-match-plots", "0"]
+        + [f"extractor_conf={conf}", "--num-match-plots", "0"]
     )
     assert code == 0, capsys.readouterr().err
     features = next(data.glob("v_*/1.ppm.r2d2"))
@@ -332,7 +327,7 @@ def test_d2net_evaluation_of_a_checkpoint(tmp_path, photos, capsys):
     code = evaluate_main(
         ["--data", str(data), "--preset", "superpoint", "--model"]
         + [str(latest_checkpoint(tmp_path / "ev")), "--tag", "r2d2sp"]
-        + ["--out", str(tmp_path / "eval_sp"), "--set", f"extractor_conf={conf}"]
+        + ["--out", str(tmp_path / "eval_sp"), f"extractor_conf={conf}"]
         + ["--num-match-plots", "0"]
     )
     err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from datasets.hpatches import (
     resize_plan,
     resolve_root,
 )
+from engine.devices import add_device_argument, add_precision_argument
 from evaluators.hpatches.caches import read_d2net_cache, write_d2net_cache
 from evaluators.hpatches.features import Features, features_path, load_features
 from evaluators.hpatches.outputs import (
@@ -84,10 +85,13 @@ def export_features(
 
     # The presets' detection threshold and NMS radius are SuperPoint-family settings; a
     # model that has its own (R2D2) or none (SIFT, ORB) gets only what it understands,
-    # and the keypoint budget (top_k) is applied to every model after extraction.
+    # and the keypoint budget (top_k) is applied to every model after extraction. Keys
+    # the user added go to the model as they are: it names a misspelled one.
     understood = set(extractor_options(model))
-    conf = {k: v for k, v in preset.extractor_conf.items() if k in understood}
-    dropped = sorted(set(preset.extractor_conf) - understood)
+    base = PRESETS.get(preset.name.split("[")[0])
+    optional = set(base.extractor_conf) if base else set()
+    dropped = sorted(optional & set(preset.extractor_conf) - understood)
+    conf = {k: v for k, v in preset.extractor_conf.items() if k not in dropped}
     if dropped:
         print(
             f"evaluation.py hpatches: note: preset {preset.name}'s "
@@ -403,14 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]FILE.npy",
         help="D2-Net-format caches to add to the MMA plot and table (--preset d2net)",
     )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="change preset fields (the preset name records it)",
+    parser.add_overrides(
+        "preset fields, e.g. top_k=500 extractor_conf.nms_radius=8 (the preset name "
+        "records them)"
     )
+    parser.keep_assignments("--compare")
     parser.add_argument(
         "--skip-bad",
         action="store_true",
@@ -420,7 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-match-plots", type=int, default=4, help="example match images to draw"
     )
     parser.add_argument("--seed", type=int, default=0, help="RANSAC seed")
-    parser.add_argument("--device", default="auto", help="with --model: auto|cpu|cuda")
+    add_device_argument(parser)
+    add_precision_argument(
+        parser,
+        None,
+        "extractor_conf.precision",
+        "with --model; default fp32, as the references",
+    )
     parser.add_argument(
         "--list-presets", action="store_true", help="print the presets and exit"
     )
@@ -438,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.features and not args.model:
             raise UserError("give --features TAG (cached) or --model sift|orb|CKPT")
-        preset = apply_overrides(PRESETS[args.preset], args.overrides)
+        overrides = list(args.overrides)
+        if args.precision is not None:
+            overrides.append(f"extractor_conf.precision={args.precision}")
+        preset = apply_overrides(PRESETS[args.preset], overrides)
         compare = []
         for item in args.compare:
             name, sep, path = item.partition("=")

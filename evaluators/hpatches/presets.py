@@ -1,12 +1,12 @@
 """HPatches presets: every published protocol as a named, frozen set of choices (sequences,
-image preprocessing, keypoint budget, metrics), and ``--set key=value`` overrides that rename the
-preset so that a number always names its protocol.
+image preprocessing, keypoint budget, metrics), and ``key=value`` overrides of their fields
+(``top_k=500``, ``extractor_conf.nms_radius=8``) that rename the preset so that a number
+always names its protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ class Preset:
 
     @property
     def description(self) -> str:
-        """One line of the settings, made from the fields so ``--set`` shows in it:
+        """One line of the settings, made from the fields so overrides show in it:
         ``all sequences, gray 240x320, top 1000, conf 0.015, NMS 4``."""
         resize = parse_resize(self.resize)
         image = {
@@ -120,62 +120,59 @@ PRESETS: dict[str, Preset] = {
 PLOT_MMA_MAX = 10  # MMA curves and tables go to 10 px, the D2-Net plots' range
 
 
+# Fields that name a preset rather than set it.
+FIXED_FIELDS = ("name", "protocol", "reference")
+
+
 def apply_overrides(preset: Preset, items: list[str]) -> Preset:
-    """Change preset fields from ``key=value`` strings; the name records the change.
+    """Change preset fields from ``key=value`` overrides (the grammar of the
+    ``train_*.py`` scripts, ``utils.config.parse_overrides``); the name records the change.
+
+    ``extractor_conf`` is a mapping handed to the model: ``extractor_conf.nms_radius=8``
+    or ``extractor_conf={nms_radius: 8}`` add to the preset's (the model checks the keys).
 
     Raises:
-        UserError: unknown field (naming the closest) or a value of the wrong type.
+        UserError: unknown field (naming the closest), a fixed field, or a value of the
+            wrong type.
     """
     if not items:
         return preset
-    fields = {f.name: f for f in dataclasses.fields(Preset)}
-    changes: dict[str, Any] = {}
-    raw: list[str] = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise UserError(f"invalid --set {item!r}: expected key=value")
-        if key in ("name", "protocol") or key not in fields:
-            import difflib
+    from utils.config import deep_update, merge_config, parse_overrides
 
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"unknown preset field {key!r}{hint}")
-        current = getattr(preset, key)
-        raw.append(f"{key}={value.strip()}")
-        try:
-            changes[key] = _parse_like(value, current)
-        except (ValueError, json.JSONDecodeError) as err:
-            raise UserError(f"invalid --set {key}={value!r}: {err}") from None
+    tree = parse_overrides(items)
+    fixed = sorted(set(tree) & set(FIXED_FIELDS))
+    if fixed:
+        raise UserError(f"preset field '{fixed[0]}' cannot be overridden")
+    current = dataclasses.asdict(preset)
+    # An open mapping: its keys are the model's options, checked when it is built.
+    defaults = {**current, "extractor_conf": {}}
+    changes = merge_config(defaults, tree)
+    if "extractor_conf" in tree:
+        changes["extractor_conf"] = deep_update(
+            preset.extractor_conf, changes["extractor_conf"]
+        )
+    for key, value in changes.items():
+        if isinstance(current[key], tuple):
+            if not all(_is_number(v) for v in value):
+                raise UserError(f"config key '{key}' expects numbers, got {value!r}")
+            changes[key] = tuple(float(v) for v in value)
+    if not (changes["top_k"] is None or _is_int(changes["top_k"])):
+        raise UserError(
+            f"config key 'top_k' expects int or null, got {changes['top_k']!r}"
+        )
+    raw = [item.strip() for item in items]
     changes["name"] = f"{preset.name}[{','.join(raw)}]"
     new = dataclasses.replace(preset, **changes)
     _validate_preset(new)
     return new
 
 
-def _parse_like(value: str, current: Any) -> Any:
-    text = value.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError("expected true or false")
-        return text.lower() == "true"
-    if isinstance(current, int) and not isinstance(current, bool):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, tuple):
-        return tuple(float(v) for v in text.strip("()[]").split(",") if v.strip())
-    if isinstance(current, dict):
-        parsed = json.loads(text)
-        if not isinstance(parsed, dict):
-            raise ValueError("expected a JSON object")
-        return parsed
-    if current is None:
-        return int(text)
-    return text
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _validate_preset(preset: Preset) -> None:
