@@ -103,7 +103,20 @@ def _tiny_checkpoint(path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["magicpoint", "superpoint"])
 def test_learned_checkpoint(tmp_path, name):
-    pytest.importorskip("models.extractor")
+    """HPatches with a learned model: the feature files hold exactly what the model
+    gives on the preset's preprocessed image, and every pair's repeatability is the
+    metric of those files under the resized ground-truth homography."""
+    from datasets.hpatches import (
+        adapt_homography,
+        image_size,
+        preprocess_image,
+        read_homography,
+        read_image,
+    )
+    from evaluators.hpatches.metrics import repeatability
+    from evaluators.hpatches.presets import PRESETS
+    from models.extractor import build_extractor
+
     ckpt = tmp_path / f"{name}.pt"
     _tiny_checkpoint(ckpt, name)
     root = tmp_path / "hp"
@@ -126,15 +139,55 @@ def test_learned_checkpoint(tmp_path, name):
         ]
     )
     assert code == 0
-    feats = np.load(next(root.glob("*/1.ppm.*")))
-    assert feats["imsize"].tolist() == [320, 240]
-    assert len(feats["keypoints"]) > 0
+    preset = PRESETS["superpoint"]
+    options = {**preset.extractor_conf, "detection_threshold": 0.0}
+    extractor = build_extractor(str(ckpt), "cpu", options)
+    feats = {}
+    for image in sorted(root.glob("*/?.ppm")):
+        feats[image] = np.load(next(image.parent.glob(f"{image.name}.*")))
+        direct = extractor(preprocess_image(read_image(image, True), preset.resize))
+        np.testing.assert_array_equal(feats[image]["keypoints"], direct["keypoints"])
+        np.testing.assert_array_equal(feats[image]["scores"], direct["scores"])
+        if name == "superpoint":
+            np.testing.assert_array_equal(
+                feats[image]["descriptors"], direct["descriptors"]
+            )
+        assert feats[image]["imsize"].tolist() == [320, 240]
+        assert len(feats[image]["keypoints"]) > 100
+    records = json.loads((tmp_path / "o" / "pairs.json").read_text())
+    assert len(records) == 5 * len(feats) // 6 == 10
+    shape = (240, 320)
+    for record in records:
+        sequence, k = root / record["scene"], record["index"]
+        first, other = sequence / "1.ppm", sequence / f"{k}.ppm"
+        H = adapt_homography(
+            read_homography(sequence / f"H_1_{k}"),
+            image_size(first),
+            image_size(other),
+            preset.resize,
+        )
+        expected = repeatability(
+            feats[first]["keypoints"],
+            feats[other]["keypoints"],
+            H,
+            shape,
+            shape,
+            preset.correct_px,
+            feats[first]["scores"],
+            feats[other]["scores"],
+            preset.top_k,
+        )["repeatability"]
+        assert expected > 0.05
+        assert record["repeatability"] == pytest.approx(expected, rel=1e-9)
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     results = summary["results"]["all"]
-    assert 0.0 <= results["repeatability"] <= 1.0
+    assert results["repeatability"] == pytest.approx(
+        np.mean([r["repeatability"] for r in records]), rel=1e-9
+    )
     if name == "magicpoint":
-        assert "descriptors" not in feats.files and results["nn_map"] is None
+        assert all("descriptors" not in f.files for f in feats.values())
+        assert results["nn_map"] is None
         assert any("no descriptors" in n for n in summary["notes"])
     else:
-        assert feats["descriptors"].shape[1] == 16
+        assert all(f["descriptors"].shape[1] == 16 for f in feats.values())
         assert 0.0 <= results["nn_map"] <= 1.0
