@@ -35,7 +35,12 @@ def gray(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def relative_error(exact: torch.Tensor, approx: torch.Tensor) -> float:
-    return float((approx.float() - exact.float()).norm() / exact.float().norm())
+    """L2 error relative to the signal, both maps taken about their spatial mean per
+    channel: a random network's outputs are mostly a constant offset (its biases),
+    against which a plain relative error would hide any error in the image content."""
+    exact = exact.float() - exact.float().mean((-2, -1), keepdim=True)
+    approx = approx.float() - approx.float().mean((-2, -1), keepdim=True)
+    return float((approx - exact).norm() / exact.norm())
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +58,10 @@ def test_int8_superpoint_within_tolerance_of_fp32_on_a_photograph(
     superpoint_pair, photo
 ):
     """On a photograph outside the calibration set, the int8 network's raw outputs
-    (logits, descriptors) are within 1% (relative L2) of fp32, its normalised dense
-    descriptors point the same way (cosine >= 0.999 in every cell), and at least 80% of
-    the 30 strongest fp32 keypoints are found within 1 px (measured: 0.04%, 0.9999, 93%).
-    """
+    (logits, descriptors) are within 5% of fp32 (:func:`relative_error`), its
+    normalised dense descriptors point the same way (cosine >= 0.999 in every cell),
+    and at least 80% of the 30 strongest fp32 keypoints are found within 1 px
+    (measured: 1.9% and 1.6%, 0.99999, 93%)."""
     model, _, extractors = superpoint_pair
     image = gray(photo)
     with torch.inference_mode():
@@ -64,7 +69,7 @@ def test_int8_superpoint_within_tolerance_of_fp32_on_a_photograph(
         approx = extractors["int8"].runner.quantized(image)
     for a, b in zip(exact, approx):
         assert b.shape == a.shape and b.dtype == torch.float32
-        assert relative_error(a, b) < 0.01
+        assert relative_error(a, b) < 0.05
     fp32, int8 = (extractors[p].dense(image) for p in ("fp32", "int8"))
     cosine = (fp32["dense_descriptors"] * int8["dense_descriptors"]).sum(1)
     assert float(cosine.min()) >= 0.999
@@ -89,9 +94,9 @@ def test_building_extractors_leaves_the_model_unchanged(superpoint_pair):
 
 
 def test_int8_r2d2_within_tolerance_of_fp32_on_a_photograph(photo):
-    """R2D2's int8 trunk on a photograph outside the calibration set: raw features
-    within 3% (relative L2) of fp32, reliability and repeatability maps within 0.1%
-    (measured: 0.5%, 0.002%, 0.001%); the tag names the precision."""
+    """R2D2's int8 trunk on a photograph outside the calibration set: raw features,
+    reliability and repeatability maps within 8% of fp32 (:func:`relative_error`;
+    measured: 2.6%, 1.4%, 3.0%); the tag names the precision."""
     from models.r2d2 import R2D2Extractor
 
     torch.manual_seed(0)
@@ -103,9 +108,9 @@ def test_int8_r2d2_within_tolerance_of_fp32_on_a_photograph(photo):
     image = exact.net.normalize(photo)
     with torch.inference_mode():
         maps32, maps8 = exact.dense(image), fast.dense(image)
-    for a, b, tolerance in zip(maps32, maps8, (0.03, 1e-3, 1e-3)):
+    for a, b in zip(maps32, maps8):
         assert b.shape == a.shape
-        assert relative_error(a, b) < tolerance
+        assert relative_error(a, b) < 0.08
 
 
 def test_auto_inference_precision_follows_the_cpu(monkeypatch):
