@@ -73,21 +73,35 @@ def extract(inputs, model: str, out: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("model", ["superpoint", "r2d2"])
-@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "int8"])
-def test_extraction_records_the_resolved_precision(inputs, model, precision, tmp_path):
-    """``--precision P`` and the override ``precision=P`` run the same; the label is
-    the resolved precision (auto: int8 for SuperPoint, fp32 for R2D2 on CPUs without
-    native bf16, bf16 where it is native)."""
+@pytest.mark.parametrize(
+    "precision, spelling",
+    [("auto", "flag"), ("fp32", "override"), ("bf16", "flag"), ("int8", "override")],
+)
+def test_extraction_records_the_resolved_precision(
+    inputs, model, precision, spelling, tmp_path
+):
+    """The label is the resolved precision (auto: int8 for SuperPoint, fp32 for R2D2 on
+    CPUs without native bf16, bf16 where it is native), given as ``--precision P`` or
+    as the override ``precision=P``."""
     resolved = devices.inference_precision(precision, CPU, INT8[model])
+    if spelling == "flag":
+        words = ["--precision", precision]
+    else:
+        words = [f"precision={precision}"]
+    assert extract(inputs, model, tmp_path, *words) == 0
+    record = read_provenance(tmp_path / "coffee.png.t")
+    assert record["options"]["precision"] == precision_label(resolved)
+    assert len(np.load(tmp_path / "coffee.png.t")["keypoints"]) > 0
+
+
+def test_flag_and_override_are_one_setting(inputs, tmp_path):
+    """``--precision bf16`` and ``precision=bf16``: the same record, the same features."""
     flag, override = tmp_path / "flag", tmp_path / "override"
-    assert extract(inputs, model, flag, "--precision", precision) == 0
-    assert extract(inputs, model, override, f"precision={precision}") == 0
-    records = [read_provenance(out / "coffee.png.t") for out in (flag, override)]
-    assert records[0] == records[1]
-    assert records[0]["options"]["precision"] == precision_label(resolved)
-    features = [np.load(out / "coffee.png.t") for out in (flag, override)]
-    np.testing.assert_array_equal(features[0]["keypoints"], features[1]["keypoints"])
-    assert len(features[0]["keypoints"]) > 0
+    assert extract(inputs, "superpoint", flag, "--precision", "bf16") == 0
+    assert extract(inputs, "superpoint", override, "precision=bf16") == 0
+    a, b = (out / "coffee.png.t" for out in (flag, override))
+    assert read_provenance(a) == read_provenance(b)
+    np.testing.assert_array_equal(np.load(a)["keypoints"], np.load(b)["keypoints"])
 
 
 @pytest.mark.parametrize("model", ["superpoint", "r2d2"])
