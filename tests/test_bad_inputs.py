@@ -154,8 +154,8 @@ def specific_cases() -> list[Case]:
         Case(
             extract,
             "wrong config key",
-            ("--model", "{in}/good.pt", "--images", "{in}/images", "nms=2"),
-            "unknown config key 'nms'; did you mean 'nms_radius'?",
+            ("--model", "{in}/good.pt", "--images", "{in}/images", "nms_radios=2"),
+            "unknown config key 'nms_radios'; did you mean 'nms_radius'?",
         ),
         Case(
             extract,

@@ -245,10 +245,14 @@ def test_overrides_rename_preset():
     # The header of every table describes the preset as run, not as published.
     assert p.description == "all sequences, gray 240x320, top 500, conf 0.015, NMS 4"
     assert "top 500" in markdown_table(p, []).splitlines()[0]
-    nms = apply_overrides(PRESETS["superpoint"], ['extractor_conf={"nms_radius": 2}'])
-    assert nms.description.endswith("top 1000, NMS 2")
-    with pytest.raises(UserError, match="did you mean top_k"):
+    # A mapping adds to the preset's extractor options (the train_*.py grammar).
+    for item in ('extractor_conf={"nms_radius": 2}', "extractor_conf.nms_radius=2"):
+        nms = apply_overrides(PRESETS["superpoint"], [item])
+        assert nms.description.endswith("top 1000, conf 0.015, NMS 2")
+    with pytest.raises(UserError, match="did you mean 'top_k'"):
         apply_overrides(PRESETS["superpoint"], ["topk=3"])
+    with pytest.raises(UserError, match="'name' cannot be overridden"):
+        apply_overrides(PRESETS["superpoint"], ["name=mine"])
 
 
 def _single_line_error(capsys) -> str:

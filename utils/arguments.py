@@ -162,7 +162,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def _option_words(self, overrides: list[str]) -> list[str]:
         """``key=value`` overrides of option-keyed commands as option words."""
-        from utils.config import load_yaml, suggest_key
+        from utils.config import suggest_key
 
         actions = {
             action.dest: action
@@ -180,7 +180,7 @@ class ArgumentParser(argparse.ArgumentParser):
             longs = [o for o in action.option_strings if o.startswith("--")]
             flag = (longs or action.option_strings)[0]
             if action.nargs == 0:
-                value = load_yaml(raw) if raw else None
+                value = self._yaml(key, raw) if raw else None
                 if not isinstance(value, bool):
                     self.error(f"config key '{key}' expects true or false, got {raw!r}")
                 if isinstance(action, argparse.BooleanOptionalAction):
@@ -188,18 +188,29 @@ class ArgumentParser(argparse.ArgumentParser):
                 elif value == (action.const is not False):
                     words.append(flag)
             elif isinstance(action, argparse._AppendAction) and raw.startswith("["):
-                value = load_yaml(raw)
+                value = self._yaml(key, raw)
                 if not isinstance(value, list):
                     self.error(f"config key '{key}' expects a list, got {raw!r}")
                 words += [f"{flag}={v}" for v in value]
             elif action.nargs in (None, "?"):
                 words.append(f"{flag}={raw}")
             else:
-                value = load_yaml(raw) if raw.startswith("[") else [raw]
+                value = self._yaml(key, raw) if raw.startswith("[") else [raw]
                 if not isinstance(value, list):
                     self.error(f"config key '{key}' expects a list, got {raw!r}")
                 words += [flag, *(str(v) for v in value)]
         return words
+
+    def _yaml(self, key: str, raw: str) -> Any:
+        """``raw`` read as YAML (``utils.config.load_yaml``), or a one-line error."""
+        import yaml
+
+        from utils.config import load_yaml
+
+        try:
+            return load_yaml(raw)
+        except yaml.YAMLError:
+            self.error(f"config key '{key}': cannot read {raw!r}")
 
     def error(self, message: str) -> NoReturn:
         """Print ``PROG: error: MESSAGE`` as one line and exit with code 2."""

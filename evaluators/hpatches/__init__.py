@@ -27,9 +27,9 @@ re-extracts and another model's files are never scored by mistake. Presets (see
   1/3 px.
 
 Choices made where the references are ambiguous or need a library we do not use are
-recorded in each preset (``labels``, ``ransac_*``) and in the output JSON; a
-``key=value`` override changes a field and renames the preset
-(``superpoint[labels=ransac]``), so a number always names its protocol. Outputs (``--out``): ``pairs.json`` (every metric of
+recorded in each preset (``labels``, ``ransac_*``) and in the output JSON; a ``key=value``
+override changes a field and renames the preset (``superpoint[labels=ransac]``), so a
+number always names its protocol. Outputs (``--out``): ``pairs.json`` (every metric of
 every pair), ``summary.json`` (overall, i and v, with the full preset), ``results.md``
 (markdown table), PNG plots, and for ``d2net`` a D2-Net-format ``<tag>.npy`` cache;
 ``--compare NAME=FILE.npy`` adds published D2-Net caches to the MMA plot and table.

@@ -147,10 +147,9 @@ def apply_overrides(preset: Preset, items: list[str]) -> Preset:
     # An open mapping: its keys are the model's options, checked when it is built.
     defaults = {**current, "extractor_conf": {}}
     changes = merge_config(defaults, tree)
-    if "extractor_conf" in tree:
-        changes["extractor_conf"] = deep_update(
-            preset.extractor_conf, changes["extractor_conf"]
-        )
+    changes["extractor_conf"] = deep_update(
+        preset.extractor_conf, changes["extractor_conf"]
+    )
     for key, value in changes.items():
         if isinstance(current[key], tuple):
             if not all(_is_number(v) for v in value):
