@@ -156,17 +156,17 @@ COMMANDS: list[tuple[str, list[str]]] = [
         "extract superpoint bf16",
         ["extract.py", "--model", SUPERPOINT, "--images", "{photos}"]
         + ["--out-dir", "{out}/superpoint_bf16", "--device", "cpu"]
-        + ["--conf", "precision=bf16", "descriptor_sampling=magicleap"],
+        + ["precision=bf16", "descriptor_sampling=magicleap"],
     ),
     (
         "extract r2d2",
         ["extract.py", "--model", R2D2, "--images", "{photos}/chelsea.png"]
-        + ["--out-dir", "{out}/r2d2", "--device", "cpu", "--conf", *R2D2_EXTRACT],
+        + ["--out-dir", "{out}/r2d2", "--device", "cpu", *R2D2_EXTRACT],
     ),
     (
         "extract r2d2 bf16",
         ["extract.py", "--model", R2D2, "--images", "{photos}/chelsea.png"]
-        + ["--out-dir", "{out}/r2d2_bf16", "--device", "cpu", "--conf", *R2D2_EXTRACT]
+        + ["--out-dir", "{out}/r2d2_bf16", "--device", "cpu", *R2D2_EXTRACT]
         + ["precision=bf16"],
     ),
     (
