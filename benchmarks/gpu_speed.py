@@ -112,14 +112,14 @@ def extraction_speed(device: torch.device, tiny: bool, repeats: int) -> dict[str
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
-    from engine.devices import resolve_device
+    from engine.devices import add_device_argument, resolve_device
     from utils.arguments import ArgumentParser
     from utils.errors import run_cli
 
     parser = ArgumentParser(
         prog="python -m benchmarks.gpu_speed", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    add_device_argument(parser)
     parser.add_argument("--tiny", action="store_true", help="toy sizes (a test)")
     parser.add_argument("--repeats", type=int, default=5, help="timed extractions")
     parser.add_argument("--out", required=True, help="JSON file of the figures")
