@@ -5,9 +5,10 @@ The loss of R2D2 (Revaud et al., NeurIPS 2019) is a weighted sum (default 1 : 1 
 - a *reliability* term: for query pixels of image 0, a neighbourhood sampler
   (:class:`NghSampler`) scores the query descriptor against image-1 descriptors around
   its ground-truth correspondence (positives within ``pos_d`` px, negatives between
-  ``neg_d`` and ``ngh`` px, plus random distractors); the differentiable quantised
-  average precision (:class:`APLoss`, 20 bins) of that ranking is combined with the
-  predicted reliability ``R`` as ``1 - AP * R - (1 - R) * kappa`` (kappa 0.5);
+  ``neg_d`` and ``ngh`` px, plus random distractors inside the border); the
+  differentiable quantised average precision (:class:`APLoss`, 20 bins) of that
+  ranking is combined with the confidence ``R = (R0(query) + R1(best positive)) / 2``
+  as ``1 - AP * R - (1 - R) * kappa`` (kappa 0.5);
 - a *repeatability* term (:class:`CosimLoss`): image 1's repeatability map is warped
   into image 0 with the absolute flow, both maps are cut into N x N patches (stride
   N/2) and the loss is ``1 - mean similarity`` of corresponding patches;
@@ -87,10 +88,12 @@ def warp_to_image0(
 ) -> torch.Tensor:
     """Sample an image-1 map ``(B, C, H1, W1)`` at the flow targets ``(B, 2, H, W)``.
 
-    NaN flow gives 0 (or the border value with ``padding_mode="border"``).
+    A NaN flow coordinate becomes +9e9, as in NAVER's ``FullSampler._aflow_to_grid``:
+    0 with zero padding, image 1's last column / row (pixel ``(H1-1, W1-1)`` when both
+    are NaN) with ``padding_mode="border"``.
     """
     grid = pixel_to_grid(aflow.permute(0, 2, 3, 1), tuple(map1.shape[-2:]))
-    grid = torch.nan_to_num(grid, nan=-1e4, posinf=-1e4, neginf=-1e4)
+    grid = torch.where(torch.isnan(grid), torch.full_like(grid, 9e9), grid)
     return F.grid_sample(
         map1,
         grid.to(map1.dtype),
@@ -106,9 +109,13 @@ class CosimLoss(nn.Module):
     Args:
         N: patch size (16); patches overlap with stride ``N // 2``.
         similarity: one of :data:`SIMILARITIES`.
-        mask_invalid: multiply both maps by the flow-validity mask and average only
-            patches with at least one valid pixel. ``False`` reproduces the reference
-            (border padding where the flow is unknown, every patch counted).
+        mask_invalid: multiply both maps by the validity mask (finite flow and
+            ``mask``) and average only patches with at least one valid pixel.
+            ``False`` is NAVER's ``CosimLoss``: the mask is not used, image 1's map is
+            sampled with border padding, unknown (NaN) flow reads its last pixel (see
+            :func:`warp_to_image0`) and every patch counts. ``True`` is the default
+            because those unknown pixels would otherwise pull image 0's patches
+            towards one value of image 1 that they do not correspond to.
     """
 
     def __init__(
@@ -180,13 +187,20 @@ class PeakyLoss(nn.Module):
 class R2D2Loss(nn.Module):
     """Weighted R2D2 loss (reliability + repeatability + peakiness) with study variants.
 
-    Conf keys (defaults = the R2D2 paper): ``reliability_weight``,
-    ``repeatability_weight``, ``peaky_weight`` (1, 1, 1), ``N`` (16), ``similarity``
-    (``cosine``), ``reliability`` (``ap`` | ``hardnet``), ``kappa`` (0.5), ``nq`` (20),
-    ``hardnet_margin`` (1.0), ``mask_invalid`` (True, see :class:`CosimLoss`),
-    ``sampler`` (kwargs of
+    Conf keys, with the defaults of NAVER's ``train.py`` (``default_loss``,
+    ``default_sampler``): ``reliability_weight``, ``repeatability_weight``,
+    ``peaky_weight`` (1, 1, 1), ``N`` (16), ``similarity`` (``cosine``), ``reliability``
+    (``ap`` | ``hardnet``), ``kappa`` (0.5, NAVER's ``base``), ``nq`` (20),
+    ``hardnet_margin`` (1.0), ``mask_invalid``, ``sampler`` (kwargs of
     :class:`NghSampler`: ngh 7, subq -8, subd 1, pos_d 3, neg_d 5, border 16, subd_neg
     -8, maxpool_pos True).
+
+    ``mask_invalid`` (default True) is the one deliberate difference: the batch ``mask``
+    removes reliability queries and, with the NaN flow, repeatability patches (see
+    :class:`CosimLoss` for why). With ``mask_invalid: false`` the mask is not used and
+    the loss equals NAVER's on the same batch (its loader writes NaN flow where its
+    mask is false, as :mod:`datasets.r2d2_sources` does), except that a batch with no
+    valid query gives a 0 reliability term instead of NaN.
 
     ``forward(pred, data)``:
 
@@ -249,11 +263,13 @@ class R2D2Loss(nn.Module):
         self, pred: dict[str, torch.Tensor], data: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.conf
-        aflow, mask = data["aflow"], data.get("mask")
+        aflow = data["aflow"]
+        mask = data.get("mask") if c["mask_invalid"] else None
         rel_loss, metrics = self.reliability(
             pred["descriptors0"],
             pred["descriptors1"],
             pred["reliability0"],
+            pred["reliability1"],
             aflow,
             mask,
         )

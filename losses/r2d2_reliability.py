@@ -109,6 +109,14 @@ class NghSampler(nn.Module):
     Distance to the ground truth in image 1:  0 ... ``pos_d`` ... ``neg_d`` ... ``ngh``;
     label:                                    + + + +   (ignored)  - - - - - - -.
 
+    NAVER's ``NghSampler2`` (``nets/sampler.py`` of naver/r2d2) with the arguments of its
+    ``train.py``: the same queries, positives, negatives and distractors, drawn from the
+    global random stream in the same order (query x, query y, distractor x, distractor
+    y), so that both give the same scores for the same seed. The match of a query is
+    NAVER's ``int(x + 0.5)`` (truncation: a match up to 1.5 px left of or above image 1
+    still lands on its first column or row). When an image is smaller than twice the
+    border, the sampling window shrinks to its central pixel(s) instead of being empty.
+
     Args:
         ngh: neighbourhood radius for negatives (7).
         subq: query sampling; > 0 a regular grid of that step, < 0 ``|subq|^-2`` of the
@@ -116,10 +124,12 @@ class NghSampler(nn.Module):
         subd: step of the neighbourhood offsets (1 = all).
         pos_d: positive radius (3 px).
         neg_d: inner radius of negatives (5 px).
-        border: queries stay this far from the image-0 border (16 px).
-        subd_neg: distractors drawn from the whole image-1 batch, same convention as
-            ``subq`` (-8); 0 disables them.
-        maxpool_pos: keep only the best positive (the descriptor may be off by a pixel).
+        border: queries and distractors stay this far from the image border (16 px).
+        subd_neg: distractors drawn from every image 1 of the batch, inside the border,
+            same convention as ``subq`` (-8); 0 disables them.
+        maxpool_pos: keep only the best positive (the descriptor may be off by a pixel);
+            its position is where image 1's reliability is read (see
+            :class:`ReliabilityLoss`).
     """
 
     def __init__(
@@ -138,16 +148,20 @@ class NghSampler(nn.Module):
             raise UserError(
                 f"sampler: need 0 <= pos_d < neg_d <= ngh, got {pos_d}, {neg_d}, {ngh}"
             )
-        if subq == 0 or subd < 1:
+        if subq == 0 or not 1 <= subd <= ngh:
             raise UserError(
-                f"sampler: subq must be non-zero and subd >= 1 ({subq}, {subd})"
+                f"sampler: subq must be non-zero and 1 <= subd <= ngh ({subq}, {subd}, "
+                f"{ngh})"
             )
         self.ngh, self.subq, self.subd = ngh, subq, subd
         self.pos_d, self.neg_d, self.border = pos_d, neg_d, border
         self.subd_neg, self.maxpool_pos = subd_neg, maxpool_pos
         pos, neg = [], []
-        for dy in range(-ngh, ngh + 1, subd):
-            for dx in range(-ngh, ngh + 1, subd):
+        # NAVER's offset lattice: with subd > 1 it is anchored at -(ngh // subd) * ngh,
+        # so it need not contain 0 or be symmetric.
+        rad = (ngh // subd) * ngh
+        for dy in range(-rad, rad + 1, subd):
+            for dx in range(-rad, rad + 1, subd):
                 d2 = dx * dx + dy * dy
                 if d2 <= pos_d**2:
                     pos.append((dx, dy))
@@ -159,7 +173,9 @@ class NghSampler(nn.Module):
     def _grid(
         self, step: int, batch: int, shape: tuple[int, int], border: int, device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Batch index, x and y of sampled pixels (same pattern for every image)."""
+        """Batch index, x and y of sampled pixels (same pattern for every image).
+
+        Random pixels are drawn x first, then y, as NAVER's ``gen_grid``."""
         h, w = shape
         lo_x, hi_x = min(border, (w - 1) // 2), max(w - border, (w + 1) // 2)
         lo_y, hi_y = min(border, (h - 1) // 2), max(h - border, (h + 1) // 2)
@@ -196,7 +212,8 @@ class NghSampler(nn.Module):
             dict with ``scores (N, M)`` (first ``n_pos`` columns positives),
             ``labels (N, M)``, ``valid (N,)`` bool, ``b``, ``x``, ``y`` (query indices),
             ``positive (N, D)`` (descriptor of the best positive), ``anchor (N, D)``,
-            ``xy1 (N, 2)`` (rounded match in image 1), ``n_pos``.
+            ``xy1 (N, 2)`` (rounded match in image 1), ``best_xy (N, 2)`` (pixel of the
+            best positive in image 1, clamped to it), ``n_pos``.
         """
         batch, _, h, w = aflow.shape
         h1, w1 = desc1.shape[-2:]
@@ -205,29 +222,35 @@ class NghSampler(nn.Module):
         anchor = desc0[b, :, y, x]  # (N, D)
         target = aflow[b, :, y, x]  # (N, 2)
         finite = torch.isfinite(target).all(dim=-1)
+        # The clamp only keeps the integer conversion defined; it changes no validity.
         xy1 = torch.where(finite[:, None], target, torch.full_like(target, -1e6))
-        xy1 = torch.floor(xy1 + 0.5).long()
+        xy1 = torch.trunc(xy1.clamp(-1e6, 1e6) + 0.5).long()
         valid = finite & (xy1[:, 0] >= 0) & (xy1[:, 0] < w1)
         valid &= (xy1[:, 1] >= 0) & (xy1[:, 1] < h1)
         if mask is not None:
             valid &= mask[b, y, x].bool()
 
-        def gather(offsets: torch.Tensor) -> torch.Tensor:
+        def clamped(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             pts = xy1[:, None, :] + offsets[None]  # (N, K, 2)
-            px = pts[..., 0].clamp(0, w1 - 1)
-            py = pts[..., 1].clamp(0, h1 - 1)
+            return pts[..., 0].clamp(0, w1 - 1), pts[..., 1].clamp(0, h1 - 1)
+
+        def gather(offsets: torch.Tensor) -> torch.Tensor:
+            px, py = clamped(offsets)
             return desc1[b[:, None], :, py, px]  # (N, K, D)
 
         pos_desc = gather(self.pos_offsets)
         pos_scores = torch.einsum("nd,nkd->nk", anchor, pos_desc)
         best = pos_scores.argmax(dim=1)
-        positive = pos_desc[torch.arange(len(best), device=dev), best]
+        rows = torch.arange(len(best), device=dev)
+        positive = pos_desc[rows, best]
+        px, py = clamped(self.pos_offsets)
+        best_xy = torch.stack([px[rows, best], py[rows, best]], dim=-1)
         if self.maxpool_pos:
             pos_scores = pos_scores.gather(1, best[:, None])
         neg_scores = torch.einsum("nd,nkd->nk", anchor, gather(self.neg_offsets))
         parts = [pos_scores, neg_scores]
         if self.subd_neg:
-            bd, xd, yd = self._grid(self.subd_neg, batch, (h1, w1), 0, dev)
+            bd, xd, yd = self._grid(self.subd_neg, batch, (h1, w1), self.border, dev)
             distractors = desc1[bd, :, yd, xd]  # (K, D)
             dist_scores = anchor @ distractors.t()
             # Distractors near the true match (same image) are not negatives.
@@ -247,6 +270,7 @@ class NghSampler(nn.Module):
             "anchor": anchor,
             "positive": positive,
             "xy1": xy1,
+            "best_xy": best_xy,
             "n_pos": torch.tensor(pos_scores.shape[1]),
         }
 
@@ -259,6 +283,12 @@ def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 class ReliabilityLoss(nn.Module):
     """``1 - AP * R - (1 - R) * kappa`` averaged over valid queries (AP variant).
+
+    The confidence ``R`` of a query is NAVER's (``NghSampler2`` with ``maxpool_pos``):
+    ``(R0(query) + R1(best positive)) / 2``, the mean of image 0's reliability at the
+    query and image 1's at the positive that scored highest, so both reliability maps
+    are trained; without ``maxpool_pos`` it is ``R0(query)``, as there. A batch without
+    a valid query gives a graph-carrying 0 where NAVER's mean over no pixel is NaN.
 
     Args:
         sampler: the :class:`NghSampler`.
@@ -281,6 +311,7 @@ class ReliabilityLoss(nn.Module):
         desc0: torch.Tensor,
         desc1: torch.Tensor,
         reliability0: torch.Tensor,
+        reliability1: torch.Tensor,
         aflow: torch.Tensor,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -288,7 +319,7 @@ class ReliabilityLoss(nn.Module):
 
         Args:
             desc0, desc1: ``(B, D, H, W)`` L2-normalised descriptors.
-            reliability0: ``(B, 1, H, W)`` in [0, 1].
+            reliability0, reliability1: ``(B, 1, H, W)`` in [0, 1] of images 0 and 1.
             aflow: ``(B, 2, H, W)``; mask: ``(B, H, W)`` or None.
 
         Returns:
@@ -296,7 +327,11 @@ class ReliabilityLoss(nn.Module):
             ``n_valid``.
         """
         sample = self.sampler(desc0.float(), desc1.float(), aflow.float(), mask)
-        rel = reliability0.float()[sample["b"], 0, sample["y"], sample["x"]]
+        b = sample["b"]
+        rel = reliability0.float()[b, 0, sample["y"], sample["x"]]
+        if self.sampler.maxpool_pos:
+            x1, y1 = sample["best_xy"].unbind(-1)
+            rel = (rel + reliability1.float()[b, 0, y1, x1]) / 2
         desc_loss = self.descriptor_quality(sample)
         # R * (descriptor loss) + (1 - R) * (1 - kappa) == 1 - AP R - (1 - R) kappa.
         pixel_loss = rel * desc_loss + (1 - rel) * (1 - self.kappa)
