@@ -3,8 +3,8 @@
 Both work on the coarse descriptor maps of an image pair related by a homography ``H_0to1``.
 The descriptor of cell ``(i, j)`` sits at the cell centre ``(8 j + 3.5, 8 i + 3.5)`` in the
 repository's pixel convention; two cells correspond when the centre of the first, warped into
-the second image, lies within ``positive_distance`` (8 - 0.5 px in the paper) of the centre
-of the second.
+the second image, lies within ``positive_distance`` of the centre of the second (7.5 px,
+rpautrat/SuperPoint's ``grid_size - 0.5``; the paper's eq. 6 says 8 px).
 
 * **Dense** (DeTone et al., 2018, eq. 5): a hinge on every cell pair,
   ``lambda_d * s * max(0, m_p - d.d') + (1 - s) * max(0, d.d' - m_n)``, averaged over pairs
@@ -14,10 +14,26 @@ of the second.
   memory is a few similarity matrices whatever the batch size. Optionally the ReLU'd
   similarity matrix is L2-normalised along both axes first (rpautrat/SuperPoint's variant,
   used with ``lambda_d = 0.05`` and a descriptor weight of 10000).
-* **Sparse** (as the pytorch-superpoint port): per image about ``num_positives`` matching cell
-  pairs (the second descriptor bilinearly sampled at the warped centre) and
-  ``num_negatives`` random non-matching cells per positive; the loss is the mean positive
-  hinge (weighted) plus the mean negative hinge.
+* **Sparse** (after ``descriptor_loss_sparse`` of the pytorch-superpoint port, whose
+  training config uses it): per image about ``num_positives`` matching cells and
+  ``num_negatives`` random cells of image 1 per positive; per image the mean positive hinge
+  ``max(0, m_p - d.d')`` (weighted) plus the negative term, averaged over the batch. The
+  negative term is named by ``negative_average``:
+
+  - ``violators`` (default, the port's): the sum of the negative hinges
+    ``max(0, d.d' - m_n)`` divided by one more than the number of negatives that violate
+    the margin. When most sampled negatives lie beyond the margin, dividing by their
+    number as well shrinks the negative term towards 0 and lets the positive term
+    (weight 1 in the port's config) dominate; the port's averaging keeps the mean over
+    the violators, so it is the default.
+  - ``all``: the mean over every sampled negative, a plain hinge average.
+
+  It differs from the port in its sampling: the positive descriptor is bilinearly sampled
+  at the exact warped cell centre and re-normalised (the port takes the descriptor of the
+  nearest cell as it is), negatives are
+  only cells whose centre lies farther than ``negative_distance`` from the warped anchor
+  (the port draws any cell, its own match included), ``valid_mask1`` removes cells, and
+  anchors are not repeated to reach ``num_positives``.
 
 :func:`dense_descriptor_loss_loop` is the plain per-pair loop used by tests.
 """
@@ -30,8 +46,10 @@ from torch.utils.checkpoint import checkpoint
 
 from geometry.homography import pixel_to_grid, points_inside, warp_points
 from losses.detector import cell_valid_mask
+from utils.errors import UserError
 
 CELL = 8
+NEGATIVE_AVERAGES = ("violators", "all")
 
 
 def cell_centers(hc: int, wc: int, device=None) -> torch.Tensor:
@@ -192,6 +210,7 @@ def sparse_descriptor_loss(
     positive_margin: float = 1.0,
     negative_margin: float = 0.2,
     negative_distance: float = 16.0,
+    negative_average: str = "violators",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sampled descriptor hinge loss (see module docstring).
@@ -206,11 +225,19 @@ def sparse_descriptor_loss(
         positive_margin, negative_margin: hinge margins.
         negative_distance: a cell of image 1 is a negative only when its centre lies
             farther than this from the warped anchor (pixels).
-        generator: random generator (the global one by default).
+        negative_average: ``violators`` or ``all``, see :func:`negative_term`.
+        generator: random generator (the global one by default); per image it draws
+            a permutation of the matchable cells, then the negative cells.
 
     Returns:
-        Scalar loss (0 with no valid positive in the batch, still differentiable).
+        Scalar loss: the mean over images with a matchable cell of
+        ``positive_weight * positive + negative`` (0 with none, still differentiable).
     """
+    if negative_average not in NEGATIVE_AVERAGES:
+        raise UserError(
+            f"loss.sparse_negative_average: {negative_average!r} is not one of "
+            f"{', '.join(NEGATIVE_AVERAGES)}"
+        )
     b, d, hc, wc = desc0.shape
     shape = (hc * CELL, wc * CELL)
     device = desc0.device
@@ -235,7 +262,7 @@ def sparse_descriptor_loss(
             desc1[k : k + 1].float(), grid, mode="bilinear", align_corners=False
         )[0, :, 0].t()
         p = F.normalize(p, dim=-1)
-        pos_terms.append(F.relu(positive_margin - (a * p).sum(-1)))
+        pos_terms.append(F.relu(positive_margin - (a * p).sum(-1)).mean())
         negatives = torch.randint(
             0,
             hc * wc,
@@ -250,14 +277,27 @@ def sparse_descriptor_loss(
             far &= cells[negatives] > 0.5
         n = desc1[k].reshape(d, -1).t().float()[negatives]
         sim = (a[:, None] * n).sum(-1)
-        neg_terms.append(F.relu(sim - negative_margin)[far])
+        hinges = F.relu(sim - negative_margin)[far]
+        neg_terms.append(negative_term(hinges, negative_average))
     zero = (desc0.sum() + desc1.sum()) * 0.0
     if not pos_terms:
         return zero
-    positive = torch.cat(pos_terms).mean()
-    negatives = torch.cat(neg_terms)
-    negative = negatives.mean() if len(negatives) else zero
+    positive = torch.stack(pos_terms).mean()
+    negative = torch.stack(neg_terms).mean()
     return positive_weight * positive + negative + zero
+
+
+def negative_term(hinges: torch.Tensor, average: str = "violators") -> torch.Tensor:
+    """Negative term of one image from its hinges ``max(0, d.d' - m_n)``, shape ``(K,)``.
+
+    ``violators``: ``sum / (number of hinges > 0 + 1)``, pytorch-superpoint's
+    ``non_match_loss.sum() / (num_hard_negatives + 1)``; ``all``: ``sum / max(K, 1)``.
+    The count is a constant for the gradient, as in the port.
+    """
+    if average == "violators":
+        count = (hinges.detach() > 0).sum()
+        return hinges.sum() / (count + 1).to(hinges.dtype)
+    return hinges.sum() / max(hinges.numel(), 1)
 
 
 @torch.no_grad()

@@ -108,6 +108,7 @@ class SuperPoint(BaseModel):
         "sparse_num_negatives": 100,
         "sparse_positive_weight": 1.0,
         "sparse_negative_distance": 16.0,
+        "sparse_negative_average": "violators",
     }
 
     def _init(self, conf: dict[str, Any]) -> None:
@@ -268,6 +269,7 @@ class SuperPoint(BaseModel):
                 positive_margin=c["positive_margin"],
                 negative_margin=c["negative_margin"],
                 negative_distance=c["sparse_negative_distance"],
+                negative_average=c["sparse_negative_average"],
             )
         raise UserError(
             f"config key 'loss.descriptor_loss': '{c['descriptor_loss']}' is not one "

@@ -13,6 +13,7 @@ from losses.descriptor import (
     matching_accuracy,
     sparse_descriptor_loss,
 )
+from utils.errors import UserError
 
 B, D, HC, WC = 2, 8, 3, 4
 SHAPE = (HC * 8, WC * 8)
@@ -96,6 +97,90 @@ def test_sparse_gradients_finite_and_perfect_descriptors_give_zero():
         d0.detach(), d0.detach(), eye, None, negative_margin=1.0, generator=gen
     )
     assert float(zero) < 1e-6
+
+
+def port_sparse_loss(d0, d1, anchors, matches, negatives, far, lamda_d=1.0):
+    """pytorch-superpoint's batch_descriptor_loss_sparse on given samples (dist='cos'):
+    per image lamda_d * mean(max(0, 1 - a.p)) + sum(h) / (count(h > 0) + 1) with
+    h = max(0, a.n - 0.2) (non_match_descriptor_loss, invert=True, M=0.2); mean over
+    the batch."""
+    losses = []
+    for k in range(len(d0)):
+        flat0, flat1 = d0[k].flatten(1).t(), d1[k].flatten(1).t()  # (cells, D)
+        # The loss renormalises its bilinear positive sample (the port does not): at a
+        # cell centre the value is unchanged, the gradient loses its radial part.
+        a, p = flat0[anchors[k]], F.normalize(flat1[matches[k]], dim=-1)
+        match_loss = torch.clamp(1.0 - (a * p).sum(-1), min=0).mean()
+        h = (a[:, None] * flat1[negatives[k]]).sum(-1)[far[k]]
+        h = torch.clamp(h - 0.2, min=0)
+        num_hard_negatives = len(torch.nonzero(h))
+        losses.append(lamda_d * match_loss + h.sum() / (num_hard_negatives + 1))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("average", ["violators", "all"])
+def test_sparse_negative_average_equals_the_port_formula(average):
+    """Image k moves k + 1 cells to the right: matches are whole cells (8 then 6
+    anchors), so the samples can be replayed from the generator (per image a
+    permutation of the matchable cells, then the negatives). ``violators`` is the port's
+    negative term, value and gradient; it is the default. Catches a mean over all
+    negatives as the default, a missing + 1, a count of every sampled negative, and
+    terms pooled over the batch instead of averaged per image."""
+    d0, d1, _, _ = random_inputs(6)
+    d0.requires_grad_(True)
+    d1.requires_grad_(True)
+    H = torch.eye(3, dtype=torch.float64).repeat(B, 1, 1)
+    H[:, 0, 2] = torch.tensor([8.0, 16.0])
+    kwargs = {"num_positives": 8, "num_negatives": 6, "negative_distance": 8.0}
+    if average == "all":
+        kwargs["negative_average"] = "all"
+    loss = sparse_descriptor_loss(
+        d0, d1, H, None, generator=torch.Generator().manual_seed(3), **kwargs
+    )
+    gen = torch.Generator().manual_seed(3)
+    ys, xs = torch.meshgrid(torch.arange(HC), torch.arange(WC), indexing="ij")
+    centers = torch.stack([xs, ys], -1).reshape(-1, 2).double() * 8 + 3.5
+    anchors, matches, negatives, far = [], [], [], []
+    for k in range(B):
+        candidates = torch.tensor(
+            [i * WC + j for i in range(HC) for j in range(WC - k - 1)]
+        )
+        pick = candidates[torch.randperm(len(candidates), generator=gen)[:8]]
+        anchors.append(pick)
+        matches.append(pick + k + 1)
+        negatives.append(torch.randint(0, HC * WC, (len(pick), 6), generator=gen))
+        warped = centers[pick] + torch.tensor([8.0 * (k + 1), 0.0], dtype=torch.float64)
+        far.append((centers[negatives[-1]] - warped[:, None]).norm(dim=-1) > 8.0)
+    assert [len(a) for a in anchors] == [8, 6]
+    if average == "violators":
+        expected = port_sparse_loss(d0, d1, anchors, matches, negatives, far)
+    else:
+        terms = []
+        for k in range(B):
+            flat0, flat1 = d0[k].flatten(1).t(), d1[k].flatten(1).t()
+            a, p = flat0[anchors[k]], F.normalize(flat1[matches[k]], dim=-1)
+            h = (a[:, None] * flat1[negatives[k]]).sum(-1)[far[k]] - 0.2
+            terms.append((1 - (a * p).sum(-1)).clamp(min=0).mean() + h.relu().mean())
+        expected = torch.stack(terms).mean()
+    hinges = torch.cat(
+        [
+            (d0[k].flatten(1).t()[a][:, None] * d1[k].flatten(1).t()[n]).sum(-1)[f]
+            for k, (a, n, f) in enumerate(zip(anchors, negatives, far))
+        ]
+    )
+    assert 0 < (hinges > 0.2).sum() < len(hinges)  # easy and hard negatives
+    # The loss runs in float32.
+    torch.testing.assert_close(loss.float(), expected.float(), rtol=0, atol=1e-6)
+    for ours, theirs in zip(
+        torch.autograd.grad(loss, (d0, d1)), torch.autograd.grad(expected, (d0, d1))
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_sparse_rejects_an_unknown_negative_average():
+    d0, d1, H, _ = random_inputs(7, torch.float32)
+    with pytest.raises(UserError, match="sparse_negative_average.*'mean'"):
+        sparse_descriptor_loss(d0, d1, H, negative_average="mean")
 
 
 def test_sparse_without_any_valid_cell_is_zero_and_differentiable():

@@ -160,6 +160,8 @@ def _inputs(seed: int, b: int = 2, h: int = 48, w: int = 56, dim: int = 16):
     flow = flow + torch.tensor([3.0, 2.0]).view(1, 2, 1, 1)
     flow = flow + 0.3 * torch.rand(b, 2, h, w, generator=g)
     flow[:, :, 18:23] = float("nan")
+    # Matches 1 to 1.4 px left of image 1: int(x + 0.5) = 0 keeps them, floor does not.
+    flow[:, 0, 24:28] = -1.0 - 0.4 * torch.rand(b, 4, w, generator=g)
     # The pair dataset's mask: known flow that lands inside image 1.
     mask = (flow[:, 0] >= -0.5) & (flow[:, 0] < w - 0.5)
     mask &= (flow[:, 1] >= -0.5) & (flow[:, 1] < h - 0.5)
@@ -178,10 +180,14 @@ def _grads(loss: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor
     return list(torch.autograd.grad(loss, tensors))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_reliability_loss_equals_naver_value_and_gradients(seed):
+@pytest.mark.parametrize(
+    ("seed", "sampler"),
+    [(0, {}), (1, {}), (2, {"subq": 3, "subd": 3, "subd_neg": 4})],
+)
+def test_reliability_loss_equals_naver_value_and_gradients(seed, sampler):
     """NAVER's sampler and confidence: catches R0 alone as the confidence, distractors
-    over the whole image, floor instead of int(x + 0.5), a wrong offset lattice."""
+    over the whole image, floor instead of int(x + 0.5), a symmetric offset lattice
+    with subd > 1."""
     pred, data = _inputs(seed)
     leaves = [pred[k].requires_grad_() for k in sorted(pred) if "repeat" not in k]
     desc0, desc1, rel0, rel1 = (
@@ -191,11 +197,11 @@ def test_reliability_loss_equals_naver_value_and_gradients(seed):
         pred["reliability1"],
     )
     torch.manual_seed(100 + seed)
-    ours = ReliabilityLoss(NghSampler(**NAVER_SAMPLER))(
+    ours = ReliabilityLoss(NghSampler(**{**NAVER_SAMPLER, **sampler}))(
         desc0, desc1, rel0, rel1, data["aflow"]
     )[0]
     torch.manual_seed(100 + seed)
-    theirs = naver_reliability(desc0, desc1, rel0, rel1, data["aflow"])
+    theirs = naver_reliability(desc0, desc1, rel0, rel1, data["aflow"], **sampler)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     for a, b in zip(_grads(ours, leaves), _grads(theirs, leaves)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
