@@ -2,9 +2,10 @@
 
 The full-resolution keypoint map is cut into 8x8 cells; each cell's label is the position of
 its keypoint (0..63, row-major) or 64, the "no keypoint" dustbin. When a cell holds several
-keypoints one is picked at random, as the reference does (so no position is favoured). The loss
-is the 65-way softmax cross-entropy averaged over valid cells, a cell being valid when all of its
-pixels are (the reference's choice, so cells cut by a warped border do not teach "no keypoint").
+keypoints one is picked at random, as rpautrat/SuperPoint does (so no position is favoured). The
+loss is the 65-way softmax cross-entropy averaged over valid cells, a cell being valid when all of
+its pixels are (rpautrat/SuperPoint's choice, so cells cut by a warped border do not teach "no
+keypoint").
 """
 
 from __future__ import annotations

@@ -50,20 +50,18 @@ def patch_similarity(p: torch.Tensor, q: torch.Tensor, kind: str) -> torch.Tenso
 
     Args:
         p, q: ``(..., K)`` non-negative.
-        kind: ``cosine`` ``<p,q> / (|p| |q|)``; ``dice`` ``2<p,q> / (|p|^2 + |q|^2)``;
+        kind: ``cosine`` ``<p,q> / (|p| |q|)`` (NAVER's ``CosimLoss``, with its
+            normalisation epsilon 1e-12); ``dice`` ``2<p,q> / (|p|^2 + |q|^2)``;
             ``jaccard`` ``<p,q> / (|p|^2 + |q|^2 - <p,q>)``; ``czekanowski``
-            ``2 sum min(p,q) / sum(p + q)``; ``squared_chord`` ``1 - 0.5 sum(sqrt p' -
-            sqrt q')^2`` with ``p' = p / sum p`` (the study's ``1 - sum(...)^2`` is
-            ``2 * this - 1``; halving keeps it in [0, 1] and only rescales the loss by
-            2).
+            ``2 sum min(p,q) / sum(p + q)``; ``squared_chord`` ``1 - sum(sqrt p' -
+            sqrt q')^2`` with ``p' = p / sum p``, the loss study's definition.
 
     Returns:
-        ``(...)`` in [0, 1]; 1 for identical non-zero patches.
+        ``(...)``, 1 for identical non-zero patches; in [0, 1], except
+        ``squared_chord`` in [-1, 1] (-1 for disjoint supports).
     """
     if kind == "cosine":
-        return (F.normalize(p, dim=-1, eps=EPS) * F.normalize(q, dim=-1, eps=EPS)).sum(
-            -1
-        )
+        return (F.normalize(p, dim=-1) * F.normalize(q, dim=-1)).sum(-1)
     if kind in ("dice", "jaccard"):
         dot = (p * q).sum(-1)
         norms = p.square().sum(-1) + q.square().sum(-1)
@@ -77,7 +75,7 @@ def patch_similarity(p: torch.Tensor, q: torch.Tensor, kind: str) -> torch.Tenso
         qn = q / q.sum(-1, keepdim=True).clamp(min=EPS)
         # Epsilon inside the root: d sqrt(x)/dx is infinite at 0.
         chord = (torch.sqrt(pn + EPS) - torch.sqrt(qn + EPS)).square().sum(-1)
-        return 1 - 0.5 * chord
+        return 1 - chord
     raise UserError(
         f"unknown patch similarity {kind!r} (expected one of {SIMILARITIES})"
     )
