@@ -185,10 +185,63 @@ def _pair_batch(b: int = 2, h: int = 48, w: int = 48, seed: int = 0):
 
 
 CONFIG_FILES = sorted(glob.glob("configs/r2d2_*.yaml"))
+# NAVER's train.py: default_loss (weights 1, base 0.5, nq 20, N 16) and default_sampler.
+NAVER_LOSS = {
+    "reliability_weight": 1.0,
+    "repeatability_weight": 1.0,
+    "peaky_weight": 1.0,
+    "N": 16,
+    "kappa": 0.5,
+    "nq": 20,
+    "sampler": {
+        "ngh": 7,
+        "subq": -8,
+        "subd": 1,
+        "pos_d": 3,
+        "neg_d": 5,
+        "border": 16,
+        "subd_neg": -8,
+        "maxpool_pos": True,
+    },
+}
+STUDY_ROWS = {
+    "original": ("cosine", "ap"),
+    "hardnet": ("cosine", "hardnet"),
+    "hardnet_dice": ("dice", "hardnet"),
+}
+
+
+def test_loss_defaults_and_reference_configs_hold_navers_settings():
+    """The code defaults and every reference config carry NAVER's loss settings;
+    reference configs use its exact loss (mask_invalid false), the code default and
+    the demo the masked one. Catches a config or default drifting from the reference
+    (a border, a weight, a margin) or a study row training the wrong variant."""
+    defaults = R2D2Loss.default_conf
+    assert {k: defaults[k] for k in NAVER_LOSS} == NAVER_LOSS
+    assert (defaults["similarity"], defaults["reliability"]) == ("cosine", "ap")
+    assert defaults["mask_invalid"] is True
+    for path in CONFIG_FILES:
+        with open(path) as f:
+            conf = yaml.safe_load(f)
+        loss = conf["loss"]
+        assert {k: loss[k] for k in NAVER_LOSS} == NAVER_LOSS, path
+        name = path.split("/")[-1][: -len(".yaml")]
+        if name.startswith("r2d2_study_"):
+            row = name[len("r2d2_study_") :]
+            expected = STUDY_ROWS.get(row, (row, "ap"))
+            assert (loss["similarity"], loss["reliability"]) == expected, path
+            assert conf["model"]["fast"] is True and loss["mask_invalid"] is False
+        elif name == "r2d2_default":
+            assert (loss["similarity"], loss["reliability"]) == ("cosine", "ap")
+            assert conf["model"]["fast"] is False and loss["mask_invalid"] is False
+        else:
+            assert name == "r2d2_demo_builtin" and loss["mask_invalid"] is True
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
 def test_every_config_loss_trains_with_finite_gradients(path):
+    """The total is the 1 : 1 : 1 sum of its terms (a dropped or doubled term fails);
+    the two images are the same, so every similarity gives repeatability 0."""
     with open(path) as f:
         loss_conf = yaml.safe_load(f)["loss"]
     loss_conf["sampler"] = {**loss_conf["sampler"], "border": 8}
@@ -198,34 +251,48 @@ def test_every_config_loss_trains_with_finite_gradients(path):
     total, terms = criterion(net.forward_pair(data), data)
     total.backward()
     assert torch.isfinite(total)
-    assert {"total", "reliability", "repeatability", "peaky"} <= set(terms)
+    parts = terms["reliability"] + terms["repeatability"] + terms["peaky"]
+    torch.testing.assert_close(total, parts)
+    assert 0 < terms["reliability"] < 1 and 0 < terms["peaky"] <= 1
+    assert terms["repeatability"].item() == pytest.approx(0.0, abs=1e-5)
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(gr).all() for gr in grads)
 
 
 @pytest.mark.parametrize("reliability", ["ap", "hardnet"])
 def test_no_nan_without_valid_pixels_or_with_tiny_batches(reliability):
+    """No valid query or patch: reliability and repeatability are exactly 0 (not NaN)
+    and the total is the peakiness alone; bf16 predictions give the float32 result of
+    the same values."""
     net = R2D2Net(dim=16, mchan=1)
     criterion = R2D2Loss({"reliability": reliability})
     data = _pair_batch(b=1, h=20, w=20)  # smaller than twice the 16 px border
     data["aflow"][:] = float("nan")
     data["mask"][:] = False
-    total, terms = criterion(net.forward_pair(data), data)
+    pred = net.forward_pair(data)
+    total, terms = criterion(pred, data)
     total.backward()
-    assert torch.isfinite(total) and terms["n_valid"] == 0
+    assert terms["n_valid"] == 0
+    assert terms["reliability"].item() == 0.0 and terms["repeatability"].item() == 0.0
+    peaky = PeakyLoss(16)(pred["repeatability0"], pred["repeatability1"])
+    torch.testing.assert_close(total, peaky)
     assert all(
         torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None
     )
-    # bf16 predictions are promoted to float32 inside the loss.
     pred = {
         k: v.detach().bfloat16() for k, v in net.forward_pair(_pair_batch(1)).items()
     }
+    torch.manual_seed(0)
     total, _ = criterion(pred, _pair_batch(1))
-    assert torch.isfinite(total) and total.dtype == torch.float32
+    torch.manual_seed(0)
+    exact, _ = criterion({k: v.float() for k, v in pred.items()}, _pair_batch(1))
+    assert total.dtype == torch.float32 and torch.equal(total, exact)
 
 
 def test_reliability_terms_respond_to_descriptor_quality():
-    """Matching descriptors give a high AP; shuffled image-1 descriptors a low one."""
+    """Identical descriptors and the identity flow: every query's AP is 1, so the AP
+    term is 1 - R - (1 - R) kappa = 0.05 at R = 0.9 (a flipped kappa or R term fails);
+    shuffled image-1 descriptors give a worse term for both variants."""
     torch.manual_seed(6)
     desc = torch.nn.functional.normalize(torch.randn(2, 32, 48, 48), dim=1)
     rel = torch.full((2, 1, 48, 48), 0.9)
@@ -241,10 +308,13 @@ def test_reliability_terms_respond_to_descriptor_quality():
     data = _pair_batch(h=48, w=48)
     for kind in ("ap", "hardnet"):
         criterion = R2D2Loss({"reliability": kind, "sampler": {"border": 8}})
-        good, terms_good = criterion(pred, data)
+        _, terms_good = criterion(pred, data)
         shuffled = desc.flatten(2)[..., torch.randperm(48 * 48)].view_as(desc)
-        bad, _ = criterion({**pred, "descriptors1": shuffled}, data)
-        assert terms_good["reliability"] < bad - 0.05
+        _, terms_bad = criterion({**pred, "descriptors1": shuffled}, data)
+        assert terms_good["reliability"] < terms_bad["reliability"] - 0.05
+        if kind == "ap":
+            assert terms_good["ap"].item() == pytest.approx(1.0, abs=1e-6)
+            assert terms_good["reliability"].item() == pytest.approx(0.05, abs=1e-6)
     assert terms_good["repeatability"].item() == pytest.approx(0.0, abs=1e-5)
 
 
