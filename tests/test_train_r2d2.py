@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 import extract
 import train_r2d2
@@ -19,6 +20,7 @@ from datasets.hpatches_demo import generate
 from datasets.r2d2_sources import write_flow_png
 from engine.state import latest_checkpoint
 from evaluators.hpatches import main as evaluate_main
+from losses.r2d2 import PeakyLoss
 from models import load_extractor
 from models.r2d2 import R2D2, R2D2Extractor
 from models.r2d2_net import R2D2Net
@@ -94,24 +96,75 @@ def test_steps_write_checkpoint_events_and_resume_exactly(tmp_path, photos):
         assert torch.equal(a, b), f"{name} differs after resume"
 
 
+def _variant_case(reliability: str) -> tuple[dict, dict]:
+    """Hand-made predictions of a 32 x 32 pair (identity flow) with known loss terms.
+
+    Repeatability: image 0 is 1 everywhere, image 1 a checkerboard of 1 and 0.5, so
+    every 8 x 8 patch holds 32 of each value. Reliability is 1 everywhere. Descriptors:
+    the same random ones in both images for ``ap`` (every AP is 1: term 0), one constant
+    vector for ``hardnet`` (every distance is equal: triplet 1, term 1).
+    """
+    b, h, w = 2, 32, 32
+    if reliability == "ap":
+        gen = torch.Generator().manual_seed(0)
+        desc = F.normalize(torch.randn(b, 16, h, w, generator=gen), dim=1)
+    else:
+        desc = F.normalize(torch.ones(b, 16, h, w), dim=1)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    checker = torch.where((xs + ys) % 2 == 0, 1.0, 0.5).expand(b, 1, h, w)
+    ones = torch.ones(b, 1, h, w)
+    pred = {
+        "descriptors0": desc,
+        "descriptors1": desc.clone(),
+        "reliability0": ones,
+        "reliability1": ones,
+        "repeatability0": ones,
+        "repeatability1": checker,
+    }
+    flow = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy"))
+    data = {
+        "aflow": flow.float().expand(b, 2, h, w),
+        "mask": torch.ones(b, h, w, dtype=torch.bool),
+    }
+    return pred, data
+
+
+# 1 - similarity of a patch of 64 ones and one of 32 ones and 32 halves. Squared chord,
+# on sum-normalised patches p' = 1/64, q' = 1/48 or 1/96: sum (sqrt p' - sqrt q')^2
+# = 2 - 2 sum sqrt(p' q') = 2 - (1 / sqrt(0.75) + sqrt(0.5 / 0.75)). Dice:
+# 1 - 2 * 48 / (64 + 40) = 1 / 13.
+REPEATABILITY = {
+    "squared_chord": 2 - (1 / 0.75**0.5 + (0.5 / 0.75) ** 0.5),
+    "dice": 1 / 13,
+}
+
+
 @pytest.mark.parametrize(
     ("similarity", "reliability", "precision"),
     [("squared_chord", "ap", "bf16"), ("dice", "hardnet", "fp32")],
 )
-def test_study_variants_and_bf16_train_finite(
+def test_study_variants_train_and_compute_their_formula(
     tmp_path, photos, similarity, reliability, precision
 ):
+    """The variant keys reach the trained model's loss: on hand-made predictions its
+    terms equal the variant's formula (the cosine gives 0.0513 here, the AP term with
+    constant descriptors about 0.99), so a variant key that is dropped or mis-wired
+    fails; the step itself leaves finite weights."""
     variant = [
         f"loss.similarity={similarity}",
         f"loss.reliability={reliability}",
         f"train.precision={precision}",
     ]
     trainer = train_r2d2.run(args(photos, tmp_path, "v", "train.max_steps=1", *variant))
-    criterion = trainer.model.criterion
-    assert criterion.conf["similarity"] == similarity
-    assert criterion.conf["reliability"] == reliability
     assert trainer.precision == precision and trainer.nan_streak == 0
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    _, terms = trainer.model.criterion(*_variant_case(reliability))
+    assert terms["repeatability"].item() == pytest.approx(
+        REPEATABILITY[similarity], abs=1e-5
+    )
+    expected = {"ap": 0.0, "hardnet": 1.0}[reliability]
+    assert terms["reliability"].item() == pytest.approx(expected, abs=1e-5)
+    assert ("triplet" in terms) == (reliability == "hardnet")
 
 
 def test_epochs_set_the_number_of_steps(tmp_path, photos):
@@ -141,10 +194,15 @@ def test_reliability_loss_is_nan_safe_in_a_training_step():
         "aflow": torch.full((1, 2, 24, 24), float("nan")),
         "mask": torch.zeros(1, 24, 24, dtype=torch.bool),
     }
-    losses, metrics = model.loss(model(batch), batch)
+    pred = model(batch)
+    losses, metrics = model.loss(pred, batch)
     losses["total"].backward()
     assert set(losses) == {"total", "reliability", "repeatability", "peaky"}
-    assert torch.isfinite(losses["total"]) and metrics["n_valid"] == 0
+    assert metrics["n_valid"] == 0
+    # No valid query or patch: those terms are exactly 0 and the total is peakiness.
+    assert losses["reliability"].item() == 0 and losses["repeatability"].item() == 0
+    peaky = PeakyLoss(16)(pred["repeatability0"], pred["repeatability1"])
+    torch.testing.assert_close(losses["total"], peaky)
     assert all(
         torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
     )
