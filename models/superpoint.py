@@ -94,7 +94,10 @@ class SuperPoint(BaseModel):
         "descriptor_sampling": "cell_center",
     }
     # Joint-training loss (pairs). Defaults: the paper's dense hinge loss (lambda_d = 250,
-    # margins 1 / 0.2); configs/superpoint_coco.yaml uses rpautrat's variant instead.
+    # margins 1 / 0.2) with rpautrat/SuperPoint's 7.5 px correspondence radius (the paper
+    # says 8); configs/superpoint_coco.yaml uses rpautrat's variant instead. The sparse
+    # loss's negative term averages over margin violators as pytorch-superpoint does
+    # (sparse_negative_average: all averages over every sampled negative).
     default_loss_conf = {
         "descriptor_loss": "dense",
         "lambda_loss": 1.0,
