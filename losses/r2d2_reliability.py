@@ -114,8 +114,9 @@ class NghSampler(nn.Module):
     global random stream in the same order (query x, query y, distractor x, distractor
     y), so that both give the same scores for the same seed. The match of a query is
     NAVER's ``int(x + 0.5)`` (truncation: a match up to 1.5 px left of or above image 1
-    still lands on its first column or row). When an image is smaller than twice the
-    border, the sampling window shrinks to its central pixel(s) instead of being empty.
+    still lands on its first column or row). Two guards differ from NAVER on tiny images
+    only: at least one pixel is drawn, and an image smaller than twice the border
+    samples its central pixel(s) instead of nothing.
 
     Args:
         ngh: neighbourhood radius for negatives (7).
