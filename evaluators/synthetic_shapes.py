@@ -11,6 +11,14 @@ radius). The same command scores OpenCV's Harris, Shi-Tomasi and FAST responses 
 way) so the baselines are measured by the same code. Two test variants: ``clean`` and ``noisy``
 (photometric augmentation on). OpenCV responses are raw (not normalised per image) and keep
 their 300 strongest points after NMS, as the reference evaluation does.
+
+Speed: each test image is drawn once per variant and scored by every method. The OpenCV
+baselines (response, NMS, top 300, matching) run in the DataLoader workers, inside the
+collation of each batch, while the main process runs the networks on the same batches;
+Shi-Tomasi's 100 quality levels come from one ``goodFeaturesToTrack`` call and the
+eigenvalue map it thresholds (``evaluators.synthetic_scoring.shi_tomasi_response``). The
+numbers are those of scoring one method at a time over separately drawn test sets
+(``tests/test_eval_synthetic_speed.py`` compares the two on a small set).
 """
 
 from __future__ import annotations
@@ -18,15 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from engine.devices import (
@@ -36,244 +40,124 @@ from engine.devices import (
     inference_precision,
     resolve_device,
 )
+from evaluators.synthetic_scoring import (
+    CLASSICAL,
+    SHI_LEVELS,
+    ClassicalScoring,
+    ImageScore,
+    Scorer,
+    ScoringSettings,
+    classical_response,
+    keep_top_k,
+    localization_errors,
+    match_detections,
+    one_opencv_thread,
+    precision_recall,
+    shi_tomasi_response,
+)
 from geometry.keypoints import nms
 from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write_text, ensure_writable_dir
 
-CLASSICAL = ("harris", "shi", "fast")
+__all__ = [
+    "CLASSICAL",
+    "SHI_LEVELS",
+    "ClassicalScoring",
+    "ImageScore",
+    "Scorer",
+    "ScoringSettings",
+    "build_parser",
+    "classical_response",
+    "evaluate_all",
+    "keep_top_k",
+    "localization_errors",
+    "main",
+    "match_detections",
+    "precision_recall",
+    "run",
+    "shi_tomasi_response",
+]
 
 
-def match_detections(
-    points: np.ndarray, scores: np.ndarray, gt: np.ndarray, distance: float
-) -> np.ndarray:
-    """True-positive flags of detections sorted by decreasing score.
-
-    Each detection claims the nearest unclaimed ground-truth point within ``distance``.
-
-    Args:
-        points: ``(N, 2)`` detections, ``scores`` ``(N,)``; ``gt`` ``(M, 2)``.
-
-    Returns:
-        ``(N,)`` bool, aligned with ``points`` sorted by decreasing score.
-    """
-    order = np.argsort(-scores, kind="stable")
-    points = points[order]
-    tp = np.zeros(len(points), dtype=bool)
-    if len(gt) == 0 or len(points) == 0:
-        return tp
-    tree = cKDTree(gt)
-    claimed = np.zeros(len(gt), dtype=bool)
-    neighbours = tree.query_ball_point(points, r=distance + 1e-9)
-    for i, candidates in enumerate(neighbours):
-        if not candidates:
-            continue
-        candidates = np.asarray(candidates)
-        free = candidates[~claimed[candidates]]
-        if len(free) == 0:
-            continue
-        nearest = free[np.argmin(np.linalg.norm(gt[free] - points[i], axis=1))]
-        claimed[nearest] = True
-        tp[i] = True
-    return tp
-
-
-def precision_recall(
-    tp: np.ndarray, scores: np.ndarray, n_gt: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Precision-recall curve and mAP from pooled detections.
-
-    Args:
-        tp: ``(N,)`` true-positive flags; ``scores`` ``(N,)``; ``n_gt`` total ground truth.
-
-    Returns:
-        ``precision``, ``recall`` (with end points added, precision made monotone as in the
-        reference) and ``mAP = sum (r_i - r_{i-1}) p_i``.
-    """
-    order = np.argsort(-scores, kind="stable")
-    tp = tp[order]
-    tp_cum = np.cumsum(tp)
-    fp_cum = np.cumsum(~tp)
-    recall = tp_cum / max(n_gt, 1)
-    precision = tp_cum / np.maximum(tp_cum + fp_cum, 1)
-    recall = np.concatenate([[0.0], recall, [1.0]])
-    precision = np.concatenate([[0.0], precision, [0.0]])
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    m_ap = float(np.sum(precision[1:] * (recall[1:] - recall[:-1])))
-    return precision, recall, m_ap
-
-
-def localization_errors(
-    points: np.ndarray, gt: np.ndarray, distance: float
-) -> np.ndarray:
-    """Distance of each detection to its nearest ground truth, for those within ``distance``."""
-    if len(points) == 0 or len(gt) == 0:
-        return np.zeros(0)
-    d, _ = cKDTree(gt).query(points)
-    return d[d <= distance]
-
-
-def classical_response(image: np.ndarray, method: str) -> np.ndarray:
-    """Raw score map of an OpenCV detector on a float image in [0, 1].
-
-    As the reference: responses are not normalised per image (so they rank consistently
-    across images), the image is on the 0-255 scale, Harris uses block 4 / aperture 3 /
-    k 0.04, FAST threshold 10, and Shi-Tomasi scores a corner by the highest quality level
-    (of 100) at which ``goodFeaturesToTrack`` still returns it.
-    """
-    gray = np.clip(image * 255.0, 0, 255).astype(np.float32)
-    if method == "harris":
-        resp = cv2.cornerHarris(gray, 4, 3, 0.04)
-    elif method == "shi":
-        resp = np.zeros(gray.shape, np.float32)
-        for level in np.linspace(0.0001, 1, 100, endpoint=False):
-            corners = cv2.goodFeaturesToTrack(gray, 100, float(level), 5)
-            if corners is None:
-                break
-            xy = np.round(corners[:, 0]).astype(int)
-            resp[xy[:, 1], xy[:, 0]] = level
-    elif method == "fast":
-        resp = np.zeros(gray.shape, np.float32)
-        for kp in cv2.FastFeatureDetector_create(10).detect(gray.astype(np.uint8)):
-            x, y = int(round(kp.pt[0])), int(round(kp.pt[1]))
-            resp[y, x] = max(resp[y, x], kp.response)
-    else:
-        raise UserError(
-            f"unknown method '{method}'; valid: {CLASSICAL} or --checkpoint"
-        )
-    return np.maximum(resp, 0)
-
-
-def keep_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the ``k`` highest scores of each ``(H, W)`` map of a batch."""
-    if k <= 0:
-        return scores
-    flat = scores.flatten(1)
-    k = min(k, flat.shape[1])
-    threshold = flat.topk(k, dim=1).values[:, -1:]
-    kept = torch.where(flat >= threshold, flat, torch.zeros_like(flat))
-    return kept.view_as(scores)
-
-
-class Scorer:
-    """Accumulates detections over images, per primitive, for one test variant."""
-
-    def __init__(
-        self, correct_distance: float, loc_threshold: float, loc_distance: float
-    ):
-        self.correct, self.loc_thr, self.loc_dist = (
-            correct_distance,
-            loc_threshold,
-            loc_distance,
-        )
-        self.tp: dict[str, list] = defaultdict(list)
-        self.scores: dict[str, list] = defaultdict(list)
-        self.n_gt: dict[str, int] = defaultdict(int)
-        self.loc: dict[str, list] = defaultdict(list)
-
-    def add(
-        self, prob: np.ndarray, gt: np.ndarray, primitive: str, floor: float
-    ) -> None:
-        ys, xs = np.nonzero(prob > floor)
-        points = np.stack([xs, ys], axis=1).astype(np.float64)
-        scores = prob[ys, xs]
-        order = np.argsort(-scores, kind="stable")
-        self.tp[primitive].append(match_detections(points, scores, gt, self.correct))
-        self.scores[primitive].append(scores[order])
-        self.n_gt[primitive] += len(gt)
-        confident = points[scores >= self.loc_thr]
-        self.loc[primitive].append(localization_errors(confident, gt, self.loc_dist))
-
-    def results(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"per_primitive": {}}
-        pooled = {"tp": [], "scores": [], "loc": [], "n_gt": 0}
-        for prim in sorted(self.tp):
-            tp, sc = np.concatenate(self.tp[prim]), np.concatenate(self.scores[prim])
-            loc = np.concatenate(self.loc[prim])
-            _, _, m_ap = precision_recall(tp, sc, self.n_gt[prim])
-            out["per_primitive"][prim] = {
-                "mAP": m_ap if self.n_gt[prim] else None,
-                "localization_error": float(loc.mean()) if len(loc) else None,
-                "n_gt": self.n_gt[prim],
-            }
-            pooled["tp"].append(tp)
-            pooled["scores"].append(sc)
-            pooled["loc"].append(loc)
-            pooled["n_gt"] += self.n_gt[prim]
-        tp, sc = np.concatenate(pooled["tp"]), np.concatenate(pooled["scores"])
-        precision, recall, m_ap = precision_recall(tp, sc, pooled["n_gt"])
-        loc = np.concatenate(pooled["loc"])
-        per_prim = [
-            v["mAP"] for v in out["per_primitive"].values() if v["mAP"] is not None
-        ]
-        out.update(
-            mAP=m_ap,
-            mean_primitive_mAP=float(np.mean(per_prim)) if per_prim else None,
-            localization_error=float(loc.mean()) if len(loc) else None,
-            n_gt=pooled["n_gt"],
-            n_detections=int(len(tp)),
-            curve={"precision": precision, "recall": recall},
-        )
-        return out
-
-
-def _test_set(data_conf: dict[str, Any], noisy: bool, per_primitive: int):
+def _test_set(
+    data_conf: dict[str, Any], noisy: bool, per_primitive: int, split: str = "test"
+):
+    """The Synthetic Shapes ``split`` a detector trained with ``data_conf`` is scored on:
+    un-warped, photometric augmentation on for the noisy variant, drawn on the fly."""
     from datasets.synthetic_shapes import SyntheticShapes
 
     data_conf = {k: v for k, v in data_conf.items() if k != "name"}
     conf = merge_config(SyntheticShapes.default_conf, data_conf)
-    conf["augmentation"]["splits"] = ["test"]
+    conf["augmentation"]["splits"] = [split]
     conf["augmentation"]["homographic"]["enable"] = False
     conf["augmentation"]["photometric"]["enable"] = noisy
     if per_primitive > 0:
-        conf["split_sizes"]["test"] = per_primitive
+        conf["split_sizes"][split] = per_primitive
     conf["cache_dir"] = None
-    return SyntheticShapes(conf, "test")
+    return SyntheticShapes(conf, split)
 
 
-def evaluate(
-    method: str,
-    data_conf: dict[str, Any],
+def evaluate_all(
+    entries: Sequence[tuple[str, Any, dict[str, Any]]],
     variant: str,
     args: argparse.Namespace,
-    model=None,
-    device=None,
+    device: torch.device | None = None,
     precision: str = "fp32",
-) -> dict[str, Any]:
-    """Score one method on one test variant (``clean`` or ``noisy``)."""
-    from engine.data import collate
+    split: str = "test",
+) -> dict[str, dict[str, Any]]:
+    """Score every entry on one test variant (``clean`` or ``noisy``).
 
-    dataset = _test_set(data_conf, variant == "noisy", args.num_images)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        collate_fn=collate,
-    )
-    scorer = Scorer(args.correct_distance, args.loc_threshold, args.loc_distance)
-    for batch in tqdm(loader, desc=f"{method} / {variant}", leave=False):
-        images = batch["image"]
-        if model is not None:
-            with torch.inference_mode(), autocast(device, precision):
-                heat = model({"image": images.to(device)})["heatmap"].float()
-        else:
-            heat = torch.from_numpy(
-                np.stack([classical_response(im[0].numpy(), method) for im in images])
-            )
-        if model is not None:
-            heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
-        heat = nms(heat, args.nms_radius)
-        heat = keep_top_k(
-            heat, args.top_k if model is not None else args.classical_top_k
+    Args:
+        entries: ``(name, model or None, data_conf)``; ``None`` means the OpenCV
+            method ``name``. Entries whose test sets are the same (same resolved data
+            settings) are scored in one pass over it.
+        args: the protocol (``build_parser`` options).
+        split: ``test``, or ``val`` when choosing a recipe.
+
+    Returns:
+        ``{name: Scorer.results()}`` in the order of ``entries``.
+    """
+    settings = ScoringSettings.from_args(args)
+    groups: dict[str, list[int]] = {}
+    datasets = {}
+    for i, (_, _, data_conf) in enumerate(entries):
+        dataset = _test_set(data_conf, variant == "noisy", args.num_images, split)
+        key = json.dumps(dataset.conf, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(i)
+        datasets.setdefault(key, dataset)
+    results: dict[int, dict[str, Any]] = {}
+    for key, members in groups.items():
+        methods = [entries[i][0] for i in members if entries[i][1] is None]
+        loader = torch.utils.data.DataLoader(
+            datasets[key],
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            collate_fn=ClassicalScoring(methods, settings),
+            worker_init_fn=one_opencv_thread,
         )
-        heat = heat.cpu().numpy()
-        for b in range(len(images)):
-            gt = np.argwhere(batch["keypoint_map"][b].numpy() > 0.5)[:, ::-1]
-            scorer.add(
-                heat[b], gt.astype(np.float64), batch["primitive"][b], args.floor
-            )
-    return scorer.results()
+        scorers = {i: settings.scorer() for i in members}
+        names = ", ".join(entries[i][0] for i in members)
+        for batch in tqdm(loader, desc=f"{names} / {variant}", leave=False):
+            for i in members:
+                name, model, _ = entries[i]
+                if model is None:
+                    for prim, scored in zip(
+                        batch["primitive"], batch["classical"][name]
+                    ):
+                        scorers[i].add_scored(prim, scored)
+                    continue
+                with torch.inference_mode(), autocast(device, precision):
+                    heat = model({"image": batch["image"].to(device)})[
+                        "heatmap"
+                    ].float()
+                heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
+                heat = keep_top_k(nms(heat, args.nms_radius), args.top_k).cpu().numpy()
+                for b, prim in enumerate(batch["primitive"]):
+                    scorers[i].add(heat[b], batch["gt"][b], prim, args.floor)
+        results.update({i: scorers[i].results() for i in members})
+    return {entries[i][0]: results[i] for i in range(len(entries))}
 
 
 def _plot(curves: dict[str, dict], path: Path, title: str) -> None:
@@ -396,7 +280,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_conf.pop("augmentation", None)
         if args.image_size:
             data_conf["image_size"] = list(args.image_size)
-        # The runner applies the precision, as extraction does (evaluate's autocast
+        # The runner applies the precision, as extraction does (evaluate_all's autocast
         # stays off).
         runner = SuperPointRunner(model, precision, args.channels_last, device)
         entries.append(
@@ -421,17 +305,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
     }
     for variant in args.variants:
-        curves = {}
-        for name, model, data_conf in entries:
-            res = evaluate(
-                "model" if model is not None else name,
-                data_conf,
-                variant,
-                args,
-                model=model,
-                device=device,
-            )
-            curves[name] = res
+        curves = evaluate_all(entries, variant, args, device)
         _plot(curves, out_dir / f"pr_{variant}.png", f"Synthetic Shapes ({variant})")
         results[variant] = {
             name: {k: v for k, v in res.items() if k != "curve"}
