@@ -37,7 +37,6 @@ int64 (sample ``i`` owns ``keypoints[offsets[i]:offsets[i + 1]]``) and ``meta`` 
 string with the generation settings, checked on read).
 """
 
-from datasets.synthetic_shapes.dataset import MAGICPOINT_HOMOGRAPHY, SyntheticShapes
 from datasets.synthetic_shapes.generate import generate_main
 from datasets.synthetic_shapes.painters import PAINTERS
 from datasets.synthetic_shapes.primitives import (
@@ -48,7 +47,24 @@ from datasets.synthetic_shapes.primitives import (
     parse_primitives,
 )
 from datasets.synthetic_shapes.raster import GENERATOR_VERSION, PRIMITIVES, SPLITS
-from datasets.synthetic_shapes.show import main, render_grid
+
+# The dataset (a torch Dataset) and the sample grid are imported when first used, so that
+# drawing (data_gen.py synthetic_shapes, the reference benchmark) starts without torch.
+_LAZY = {
+    "MAGICPOINT_HOMOGRAPHY": "datasets.synthetic_shapes.dataset",
+    "SyntheticShapes": "datasets.synthetic_shapes.dataset",
+    "main": "datasets.synthetic_shapes.show",
+    "render_grid": "datasets.synthetic_shapes.show",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -20,7 +20,7 @@ from datasets.synthetic_shapes.primitives import (
     generate_sample,
     parse_primitives,
 )
-from datasets.synthetic_shapes.raster import SPLITS, Array
+from datasets.synthetic_shapes.raster import DEFAULT_SPLIT_SIZES, SPLITS, Array
 from geometry.homography import HOMOGRAPHY_PRESETS
 from utils.config import merge_config
 from utils.errors import UserError
@@ -71,7 +71,7 @@ class SyntheticShapes(Dataset):
         "image_size": [120, 160],
         "supersample": 1,
         "blur_size": 11,
-        "split_sizes": {"train": 10000, "val": 200, "test": 500},
+        "split_sizes": dict(DEFAULT_SPLIT_SIZES),
         "seed": 0,
         "cache_dir": None,
         "augmentation": augmentation_defaults(valid_border_margin=2),

@@ -16,14 +16,13 @@ import cv2
 import numpy as np
 
 from datasets.synthetic_shapes.cache import _read_meta, shard_path
-from datasets.synthetic_shapes.dataset import SyntheticShapes
 from datasets.synthetic_shapes.primitives import (
     _settings,
     content_rng,
     generate_sample,
     parse_primitives,
 )
-from datasets.synthetic_shapes.raster import SPLITS
+from datasets.synthetic_shapes.raster import DEFAULT_SPLIT_SIZES, SPLITS
 from utils.arguments import ArgumentParser
 from utils.errors import UserError, run_cli
 
@@ -69,7 +68,7 @@ def _worker_init() -> None:
 
 
 def _parse_split_sizes(values: Sequence[str]) -> dict[str, int]:
-    sizes = dict(SyntheticShapes.default_conf["split_sizes"])
+    sizes = dict(DEFAULT_SPLIT_SIZES)
     for item in values:
         name, _, number = item.partition("=")
         if name not in SPLITS or not number.isdigit():

@@ -29,6 +29,8 @@ PRIMITIVES: tuple[str, ...] = (
     "gaussian_noise",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Images per primitive and split, as the reference.
+DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 10000, "val": 200, "test": 500}
 # Bumped whenever the drawing changes, so stale caches are refused.
 GENERATOR_VERSION = 1
 # The reference draws at 960x1280; its absolute pixel sizes are converted with this.
