@@ -99,6 +99,19 @@ def _test_set(
     return SyntheticShapes(conf, split)
 
 
+def _worker_context():
+    """Workers started from a clean server process: a worker forked from a process whose
+    OpenCV thread pool has run (training in the same process, a previous pass) can hang
+    in OpenCV's calls."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["evaluators.synthetic_scoring", "datasets.synthetic_shapes"]
+    )
+    return context
+
+
 def evaluate_all(
     entries: Sequence[tuple[str, Any, dict[str, Any]]],
     variant: str,
@@ -136,6 +149,7 @@ def evaluate_all(
             num_workers=args.workers,
             collate_fn=ClassicalScoring(methods, settings),
             worker_init_fn=one_opencv_thread,
+            multiprocessing_context=_worker_context() if args.workers else None,
         )
         scorers = {i: settings.scorer() for i in members}
         names = ", ".join(entries[i][0] for i in members)
