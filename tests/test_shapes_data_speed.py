@@ -1,8 +1,10 @@
 """The fast paths of the main job's data equal their plain versions.
 
 The valid mask of a warp (every pixel's pre-image inside the source) against a loop over
-pixels; training from the shape cache against drawing on the fly.
+pixels; training from the shape cache against drawing on the fly; drawing without torch.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +18,8 @@ from geometry.homography import (
     valid_mask,
     warp_points,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_valid_mask(src_shape, H, out_shape):
@@ -76,3 +80,22 @@ def test_cached_shapes_train_exactly_as_drawn_ones(tmp_path):
             assert torch.equal(a[key], b[key]), key
         assert all(torch.equal(p, q) for p, q in zip(a["keypoints"], b["keypoints"]))
     assert not torch.equal(a["image"], collate([drawn[i] for i in range(3)])["image"])
+
+
+def test_drawing_shapes_starts_without_torch():
+    """data_gen.py synthetic_shapes's start-up is part of its speed: no torch import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from datasets.synthetic_shapes import PRIMITIVES, content_rng, generate_main\n"
+        "from datasets.synthetic_shapes import generate_sample\n"
+        "import data_gen\n"
+        "generate_sample('draw_cube', content_rng(0, 'draw_cube', 'train', 0), (32, 48))\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
