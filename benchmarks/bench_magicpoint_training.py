@@ -3,11 +3,14 @@
 Part 1 times optimisation steps on one fixed batch (compute only), side by side with the
 plain eager fp32 baseline (contiguous memory): channels-last, ``torch.compile`` (inductor),
 their combination, and bf16 autocast where the CPU runs it natively (skipped with a note
-elsewhere). Part 2 runs the real engine on on-the-fly Synthetic Shapes (photometric +
-homographic augmentation) with each placement of loader workers and compute threads on the
-machine's cores, and reports images/s and the share of step time spent waiting for data.
+elsewhere). Part 2 runs the real engine on Synthetic Shapes (photometric + homographic
+augmentation; drawn on the fly, or read from the main job's shape cache with ``--cache``)
+with each placement of loader workers and compute threads on the machine's cores, and
+reports images/s and the share of step time spent waiting for data. ``--widths`` includes
+the main job's CPU recipes (``amx_recipe``, ``small_recipe``).
 
     python -m benchmarks.bench_magicpoint_training [--batch-size 32] [--steps 10]
+        [--widths amx_recipe small_recipe] [--cache data/synthetic_shapes_120x160]
 
 To measure what an AVX2-only CPU does on a newer one, cap the instruction set:
 ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python -m benchmarks...`` (the CPU line
@@ -36,6 +39,10 @@ WIDTHS = {
     "three_quarter": ([48, 48, 96, 96], 192),
     "half": ([32, 32, 64, 64], 128),
     "quarter": ([16, 16, 32, 32], 64),
+    # The main job's CPU recipes (configs/magicpoint_shapes_cpu.yaml, _avx2, _avx512bf16):
+    # half width with a quarter-width first block, and a narrower one.
+    "amx_recipe": ([16, 32, 64, 64], 128),
+    "small_recipe": ([8, 16, 32, 64], 128),
 }
 
 
@@ -82,8 +89,10 @@ def engine_run(
     workers: int,
     threads: int = 0,
     compile_model: bool = False,
+    cache: str | None = None,
 ):
-    overrides = [
+    overrides = [f"data.cache_dir={cache}"] if cache else []
+    overrides += [
         f"train.num_threads={threads}",
         f"train.compile={str(compile_model).lower()}",
         f"train.batch_size={batch}",
@@ -147,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         help="config whose data section the real-engine runs use",
     )
     parser.add_argument(
+        "--cache",
+        help="shape cache of data_gen.py synthetic_shapes for part 2 (as the main job); "
+        "without it the shapes are drawn on the fly",
+    )
+    parser.add_argument(
         "--skip-engine", action="store_true", help="part 1 (compute only) only"
     )
     parser.add_argument(
@@ -194,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_engine:
         return
     cores = os.cpu_count() or 1
-    print(f"\n2) real engine, on-the-fly Synthetic Shapes ({cores} cores)")
+    source = f"from the cache {args.cache}" if args.cache else "drawn on the fly"
+    print(f"\n2) real engine, Synthetic Shapes {source} ({cores} cores)")
     print(
         f"{'network':>8} {'precision':>9} {'workers':>7} {'threads':>7} "
         f"{'compile':>8} {'img/s':>8} {'wait':>6}"
@@ -217,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                     workers,
                     threads,
                     compiled,
+                    args.cache,
                 )
             except Exception as err:
                 print(f"{row}   failed: {type(err).__name__}: {str(err)[:80]}")

@@ -11,13 +11,25 @@ what any drawing method at that size can reach. Then it measures a large batch w
 workers and extrapolates it to 100k images. Every timing is wall-clock, one OpenCV
 thread per process.
 
+Then whole processes, start-up included, one worker each, run in turn ``--rounds`` times
+(medians): (d) ``data_gen.py synthetic_shapes --workers 1`` writing ``--process-images``
+images, against (e) a process drawing as many with the reference recipe (c); and the
+training data path at the main job's 120x160: (f) a process reading the shape cache and
+augmenting (photometric, homographic) and collating batches of 32, as the main job's
+loader does, against (g) the same drawing every shape on the fly.
+
     python benchmarks/bench_synthetic_shapes.py [--images 270] [--large 2000]
+        [--process-images 900] [--rounds 3]
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import synthetic_shapes as S  # noqa: E402
+from datasets.synthetic_shapes.raster import random_color  # noqa: E402
 from utils.arguments import ArgumentParser  # noqa: E402
 
 REFERENCE_SIZE = (960, 1280)
@@ -56,7 +69,7 @@ def reference_background(rng: np.random.Generator, size) -> np.ndarray:
     centres = np.stack([rng.integers(0, w, 100), rng.integers(0, h, 100)], 1).tolist()
     for x, y in centres:
         radius = int(rng.integers(int(dim * 0.02), int(dim * 0.031)))
-        cv2.circle(image, (x, y), radius, S.random_color(rng, level), -1)
+        cv2.circle(image, (x, y), radius, random_color(rng, level), -1)
     kernel = int(rng.integers(150, 500))
     return cv2.blur(image, (kernel, kernel))
 
@@ -64,10 +77,10 @@ def reference_background(rng: np.random.Generator, size) -> np.ndarray:
 def reference_texture(rng, size, level: float, kernel_range) -> np.ndarray:
     """The reference's custom polygon background: 3000 discs, box blur 50-100 px."""
     h, w = size
-    image = np.full(size, S.random_color(rng, level), np.uint8)
+    image = np.full(size, random_color(rng, level), np.uint8)
     centres = np.stack([rng.integers(0, w, 3000), rng.integers(0, h, 3000)], 1).tolist()
     for x, y in centres:
-        cv2.circle(image, (x, y), int(rng.integers(20)), S.random_color(rng, level), -1)
+        cv2.circle(image, (x, y), int(rng.integers(20)), random_color(rng, level), -1)
     kernel = int(rng.integers(*kernel_range))
     return cv2.blur(image, (kernel, kernel)).astype(np.float32)
 
@@ -106,6 +119,77 @@ def parallel(pool, count: int, workers: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SIZE = (120, 160)
+
+
+def reference_process(count: int) -> int:
+    """Body of process (e): ``count`` images of the reference recipe, then exit."""
+    baseline(count)
+    return 0
+
+
+def augmentation_process(count: int, cache_dir: str | None) -> int:
+    """Body of processes (f)/(g): the main job's training samples, batches of 32."""
+    from datasets.synthetic_shapes import SyntheticShapes
+    from engine.data import collate
+
+    conf = {
+        "image_size": list(TRAIN_SIZE),
+        "cache_dir": cache_dir,
+        "augmentation": {
+            "photometric": {"enable": True},
+            "homographic": {"enable": True},
+        },
+    }
+    dataset = SyntheticShapes(conf, "train")
+    order = np.random.default_rng(0).permutation(len(dataset))[:count]
+    for start in range(0, count, 32):
+        collate([dataset[int(i)] for i in order[start : start + 32]])
+    return 0
+
+
+def timed_process(args: list[str]) -> float:
+    """Wall seconds of ``python ARGS`` from start to exit."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def whole_processes(count: int, rounds: int) -> None:
+    """(d)-(g): whole processes, start-up included, in turn (see module docstring)."""
+    per_primitive = max(1, count // len(S.PRIMITIVES))
+    count = per_primitive * len(S.PRIMITIVES)
+    script = str(Path(__file__).resolve())
+    times: dict[str, list[float]] = {k: [] for k in "defg"}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        gen = ["data_gen.py", "synthetic_shapes", "--splits", "train", "--workers", "1"]
+        gen += ["--split-sizes", f"train={per_primitive}"]
+        train_size = [str(v) for v in TRAIN_SIZE]
+        timed_process([*gen, "--out", str(cache), "--size", *train_size])
+        for r in range(rounds):
+            out = str(Path(tmp) / f"round{r}")
+            size = [str(v) for v in OUTPUT_SIZE]
+            times["d"].append(timed_process([*gen, "--out", out, "--size", *size]))
+            times["e"].append(
+                timed_process([script, "--reference-process", str(count)])
+            )
+            aug = [script, "--augmentation-process", str(count)]
+            times["f"].append(timed_process([*aug, "--cache", str(cache)]))
+            times["g"].append(timed_process(aug))
+    rate = {k: count / statistics.median(v) for k, v in times.items()}
+    print(
+        f"\nwhole processes, start-up included, 1 worker, {count} images, median of {rounds}"
+    )
+    print(f"(d) data_gen.py synthetic_shapes, 240x320 : {rate['d']:8.1f} images/s")
+    print(f"(e) reference recipe's drawing, 240x320   : {rate['e']:8.1f} images/s")
+    print(f"    ratio (d)/(e)                         : {rate['d'] / rate['e']:8.1f}x")
+    print(f"(f) training data from the cache, 120x160 : {rate['f']:8.1f} images/s")
+    print(f"(g) training data drawn on the fly        : {rate['g']:8.1f} images/s")
+    print(f"    ratio (f)/(g)                         : {rate['f'] / rate['g']:8.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -116,8 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="processes of the parallel run"
     )
+    parser.add_argument(
+        "--process-images", type=int, default=900, help="images of (d)-(g)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of (d)-(g)")
+    parser.add_argument(
+        "--skip-processes", action="store_true", help="(a)-(c) and the large batch only"
+    )
+    # The bodies of the timed processes (internal).
+    parser.add_argument("--reference-process", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--augmentation-process", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
+    if args.reference_process:
+        return reference_process(args.reference_process)
+    if args.augmentation_process:
+        return augmentation_process(args.augmentation_process, args.cache)
     ours(0, len(S.PRIMITIVES))  # warm-up (imports, first-call costs)
 
     single = rate(lambda: ours(0, args.images), args.images)
@@ -155,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{large_seconds:.1f} s ({large:.1f} images/s); extrapolated to 100k images: "
         f"{extrapolated / 60:.1f} min (target < 5 min)"
     )
+    if not args.skip_processes:
+        whole_processes(args.process_images, args.rounds)
     return 0
 
 
