@@ -20,7 +20,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from engine.data import collate
-from geometry.keypoints import nms
+from geometry.keypoints import nms_map
 from utils.errors import UserError
 
 CLASSICAL = ("harris", "shi", "fast")
@@ -161,6 +161,16 @@ def keep_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return kept.view_as(scores)
 
 
+def keep_top_k_map(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`keep_top_k` of one ``(H, W)`` NumPy map (the same result)."""
+    if k <= 0:
+        return scores
+    flat = scores.ravel()
+    k = min(k, flat.size)
+    threshold = np.partition(flat, flat.size - k)[flat.size - k]
+    return np.where(scores >= threshold, scores, 0).astype(scores.dtype)
+
+
 class ImageScore(NamedTuple):
     """One image's detections as :class:`Scorer` pools them: true-positive flags and
     scores sorted by decreasing score, ground-truth count, localisation errors."""
@@ -280,8 +290,9 @@ class ClassicalScoring:
     Runs in the DataLoader workers (``collate_fn``), so the baselines share the cores
     with the networks in the main process. The batch keeps ``image``, ``primitive`` and
     ``gt`` (per image ``(M, 2)`` float64 ground truth, (x, y)) and adds ``classical``:
-    ``{method: [ImageScore per image]}``; each method's maps go through NMS and its top-k
-    batch by batch, as a network's do.
+    ``{method: [ImageScore per image]}``, each method's map through the NMS and the top-k
+    of the networks' maps (:func:`geometry.keypoints.nms_map`, :func:`keep_top_k_map`:
+    the same results, map by map).
     """
 
     def __init__(self, methods: Sequence[str], settings: ScoringSettings):
@@ -297,15 +308,14 @@ class ClassicalScoring:
         out["classical"] = {}
         scorer, conf = self.settings.scorer(), self.settings
         for method in self.methods:
-            heat = torch.from_numpy(
-                np.stack(
-                    [classical_response(im[0].numpy(), method) for im in batch["image"]]
+            scored = []
+            for b, image in enumerate(batch["image"]):
+                heat = nms_map(
+                    classical_response(image[0].numpy(), method), conf.nms_radius
                 )
-            )
-            heat = keep_top_k(nms(heat, conf.nms_radius), conf.classical_top_k).numpy()
-            out["classical"][method] = [
-                scorer.score(heat[b], gt[b], conf.floor) for b in range(len(gt))
-            ]
+                heat = keep_top_k_map(heat, conf.classical_top_k)
+                scored.append(scorer.score(heat, gt[b], conf.floor))
+            out["classical"][method] = scored
         return out
 
 

@@ -72,6 +72,39 @@ def _pad_spec(ndim: int, dim: int, radius: int) -> list[int]:
     return spec
 
 
+def nms_map(scores: np.ndarray, radius: int, max_iterations: int = 64) -> np.ndarray:
+    """:func:`nms` of one ``(H, W)`` NumPy map, with the same result (ties included).
+
+    The same fixed-point iteration, each window maximum an OpenCV dilation by a square:
+    several times faster than the batched tensor version on single maps, which is how
+    the Synthetic Shapes evaluation runs the OpenCV baselines in its data workers.
+
+    Args:
+        scores: ``(H, W)`` non-negative float32 scores (zero = not a candidate).
+        radius: suppression radius in pixels (Chebyshev distance).
+
+    Returns:
+        ``(H, W)`` scores with suppressed pixels set to 0.
+    """
+    if radius <= 0:
+        return scores
+    import cv2
+
+    # Out-of-image pixels do not count in a dilation, as the zeros padding the tensor
+    # version's windows (the scores are non-negative).
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    keep = (scores == cv2.dilate(scores, kernel)) & (scores > 0)
+    for _ in range(max_iterations):
+        suppressed = cv2.dilate(keep.view(np.uint8), kernel).view(bool)
+        remaining = np.where(suppressed, 0, scores).astype(scores.dtype)
+        new = (remaining == cv2.dilate(remaining, kernel)) & (remaining > 0)
+        new &= ~suppressed
+        if not new.any():
+            break
+        keep |= new
+    return np.where(keep, scores, 0).astype(scores.dtype)
+
+
 def greedy_nms(scores: np.ndarray, radius: int, threshold: float = 0.0) -> np.ndarray:
     """Plain greedy NMS on one ``(H, W)`` map (reference behaviour; slow, for checks).
 

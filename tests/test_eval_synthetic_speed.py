@@ -110,13 +110,12 @@ def test_shi_tomasi_from_one_call_equals_the_level_loop():
     assert checked >= len(images) // 2  # most images do have scored corners
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_one_pass_evaluation_equals_one_method_at_a_time(workers):
+def test_one_pass_evaluation_equals_one_method_at_a_time():
     torch.manual_seed(0)
     model = build_model(TINY).eval()
     data_conf = {"image_size": [64, 96]}
     args: argparse.Namespace = build_parser().parse_args(
-        ["--num-images", "2", "--batch-size", "4", "--workers", str(workers)]
+        ["--num-images", "2", "--batch-size", "4", "--workers", "1"]
     )
     entries = [("tiny", model, data_conf)]
     entries += [(m, None, data_conf) for m in ("harris", "shi", "fast")]
@@ -138,3 +137,22 @@ def test_entries_with_other_test_sets_are_scored_on_their_own():
     fast = evaluate_all(entries, "clean", args)
     for name, _, conf in entries:
         assert_same_results(fast[name], plain_evaluate(name, None, conf, "clean", args))
+
+
+def test_map_by_map_nms_and_top_k_equal_the_batched_ones():
+    from evaluators.synthetic_scoring import keep_top_k_map
+    from geometry.keypoints import nms_map
+
+    rng = np.random.default_rng(0)
+    maps = [
+        rng.integers(0, 4, (30, 41)) * (rng.random((30, 41)) < 0.6) for _ in range(40)
+    ]
+    maps = [m.astype(np.float32) for m in maps]  # many ties
+    maps += [classical_response(im, "harris") for im in shapes_images(True, 1)]
+    for scores in maps:
+        for radius in (1, 2, 4):
+            expected = nms(torch.from_numpy(scores)[None], radius)
+            assert np.array_equal(nms_map(scores, radius), expected[0].numpy())
+            for k in (1, 7, 300, scores.size + 1):
+                top = keep_top_k(expected, k)[0].numpy()
+                assert np.array_equal(keep_top_k_map(expected[0].numpy(), k), top)
