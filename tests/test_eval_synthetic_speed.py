@@ -11,7 +11,6 @@ import argparse
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from engine.data import collate
