@@ -313,6 +313,8 @@ def sample_pixels(
 ) -> torch.Tensor:
     """``grid_sample`` of ``(B, C, H, W)`` images at ``(B, H_out, W_out, 2)`` source pixels;
     pixels whose source lies outside the image (or at infinity) are 0."""
+    import torch
+
     grid = pixel_to_grid(src, images.shape[-2:])
     grid = torch.nan_to_num(grid, nan=-2.0, posinf=-2.0, neginf=-2.0)
     return torch.nn.functional.grid_sample(
