@@ -16,6 +16,8 @@ spreads its samples evenly over the scenes of each source.
   ScanNet/Redwood millimetres, 5000 for TUM) with intrinsics given once or per file
   (``<stem>.json`` or ``<stem>.txt`` beside the depth file).
 * :class:`ProceduralSource`: the built-in generator (``datasets.procedural_scenes``).
+* :class:`MotorcycleSource`: the real Middlebury frame scikit-image ships
+  (``datasets.middlebury``), a validation frame that training refuses.
 
 ``python -m datasets.depth_sources --check DIR --source NAME`` checks a dataset folder
 before ``data_gen.py pointclouds`` reads it (:func:`check_depth_folder`).
@@ -300,12 +302,28 @@ class FolderSource:
 
 
 class ProceduralSource:
-    """``count`` procedural scenes of stream ``seed`` at ``height x width``."""
+    """``count`` procedural scenes of stream ``seed`` at ``height x width`` with a field-
+    of-view prior and, with ``sensor``, sensor effects (``datasets.procedural_scenes``)."""
 
     name = "procedural"
 
-    def __init__(self, count: int, seed: int, height: int, width: int):
+    def __init__(
+        self,
+        count: int,
+        seed: int,
+        height: int,
+        width: int,
+        fov_prior: str = "real",
+        sensor: bool = True,
+    ):
+        from datasets.procedural_scenes import FOV_PRIORS
+
+        if fov_prior not in FOV_PRIORS:
+            raise UserError(
+                f"FOV prior '{fov_prior}' is not one of {sorted(FOV_PRIORS)}"
+            )
         self.count, self.seed, self.height, self.width = count, seed, height, width
+        self.fov_prior, self.sensor = fov_prior, sensor
 
     def scenes(self) -> list[list[Any]]:
         return [[i] for i in range(self.count)]
@@ -316,8 +334,29 @@ class ProceduralSource:
     def load(self, key: Any) -> Frame:
         from datasets.procedural_scenes import render_procedural
 
-        sample = render_procedural(int(key), self.seed, self.height, self.width)
+        sample = render_procedural(
+            int(key), self.seed, self.height, self.width, self.fov_prior, self.sensor
+        )
         return Frame(sample["depth"], sample["K"], sample["rgb"], f"procedural#{key}")
+
+
+class MotorcycleSource:
+    """The Middlebury 2014 Motorcycle frame bundled with scikit-image
+    (``datasets.middlebury``): one real frame, for validation only."""
+
+    name = "middlebury_motorcycle"
+
+    def scenes(self) -> list[list[Any]]:
+        return [[0]]
+
+    def check(self, key: Any) -> None:
+        """The frame's scale is checked against the calibration when it is loaded."""
+
+    def load(self, key: Any) -> Frame:
+        from datasets.middlebury import motorcycle_frame
+
+        depth, K, rgb = motorcycle_frame()
+        return Frame(depth, K, rgb, "middlebury_motorcycle")
 
 
 def spread_evenly(scene_sizes: list[int], count: int) -> list[tuple[int, int]]:

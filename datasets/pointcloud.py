@@ -25,6 +25,7 @@ corrected normalised depth). Each sample is a pure function of ``(seed, epoch, i
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,19 @@ TARGETS = ("shift", "focal", "scale")
 SPLITS = ("train", "val")
 
 DEFAULT_CONF: dict[str, Any] = {
-    # Folder written by `data_gen.py pointclouds`; null renders procedural scenes instead.
+    # Folder written by `data_gen.py pointclouds`, or a list of them to mix; null renders
+    # procedural scenes instead.
     "root": None,
-    "procedural": {"count": 1000, "seed": 0, "size": [96, 128]},
+    # Sampling weight of each root (a list as long as `root`); null: every sample of
+    # every root once per epoch.
+    "weights": None,
+    "procedural": {
+        "count": 1000,
+        "seed": 0,
+        "size": [96, 128],
+        "fov_prior": "real",  # real | wide (datasets.procedural_scenes)
+        "sensor": True,  # sensor effects: noise, missing returns, range
+    },
     "train_split": 0.9,  # share of the samples used for training, the rest validates
     # Read this split's depth maps once into memory (forked loader workers share them).
     "preload": False,
@@ -208,13 +219,25 @@ def check_conf(conf: dict[str, Any]) -> None:
 
 
 def generated_files(root: str | Path) -> list[Path]:
-    """Sorted ``depths/*.npz`` of a ``data_gen.py pointclouds`` folder (checked)."""
+    """Sorted ``depths/*.npz`` of a ``data_gen.py pointclouds`` folder (checked, and
+    refused when it holds a validation-only frame)."""
     root = Path(root)
     files = sorted((root / "depths").glob("*.npz"))
     if not files:
         raise UserError(
             f"data.root '{root}' has no depths/*.npz (write it with data_gen.py pointclouds)"
         )
+    plan = root / "plan.json"
+    if plan.is_file():
+        try:
+            settings = json.loads(plan.read_text()).get("settings", {})
+        except (json.JSONDecodeError, AttributeError):
+            settings = {}
+        if settings.get("validation_only"):
+            raise UserError(
+                f"data.root '{root}' holds a validation-only frame (the Middlebury "
+                "Motorcycle frame); evaluate on it, never train on it"
+            )
     return files
 
 
@@ -228,13 +251,42 @@ def load_generated(depth_path: Path) -> tuple[np.ndarray, np.ndarray]:
     return depth, np.load(K_path).astype(np.float64)
 
 
+def _roots_and_weights(conf: dict[str, Any]) -> tuple[list[str], list[float] | None]:
+    roots = conf["root"]
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if not roots or not all(isinstance(r, (str, Path)) for r in roots):
+        raise UserError(f"data.root {conf['root']!r} is not a folder or a list of them")
+    weights = conf["weights"]
+    if weights is None:
+        return [str(r) for r in roots], None
+    if (
+        not isinstance(weights, (list, tuple))
+        or len(weights) != len(roots)
+        or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
+        or sum(weights) <= 0
+    ):
+        raise UserError(
+            f"data.weights {weights!r} must be {len(roots)} non-negative numbers (one "
+            "per data.root) with a positive sum"
+        )
+    return [str(r) for r in roots], [float(w) for w in weights]
+
+
 class PointCloudDataset(Dataset):
     """Distorted clouds with their corrections (see module docstring).
 
     Args:
         conf: ``data`` config (merged with ``DEFAULT_CONF``).
         split: ``train`` or ``val``: the first ``train_split`` of a fixed permutation of
-            the samples, or the rest.
+            each source's samples, or the rest.
+
+    With several ``root`` folders and ``weights``, each training sample picks its
+    folder with probability proportional to its weight and a sample of that folder's
+    split uniformly, both from the sample's ``(seed, epoch, index)`` stream; an epoch
+    has as many samples as the splits hold together. Validation always reads every
+    sample of every split once. Mix real data and procedural scenes this way::
+
+        data.root=[data/pc/scannet,data/pc/procedural] data.weights=[0.4,0.6]
 
     Samples: ``points (N, C)``, ``target ()``, ``shift ()``, ``focal_ratio ()``,
     ``scale ()`` (float32) and ``index``.
@@ -247,28 +299,46 @@ class PointCloudDataset(Dataset):
         check_conf(self.conf)
         if split not in SPLITS:
             raise UserError(f"split '{split}' is not one of {SPLITS}")
+        self.weights = None
         if self.conf["root"] is None:
             proc = self.conf["procedural"]
             height, width = proc["size"]
-            self.source = ProceduralSource(proc["count"], proc["seed"], height, width)
-            total = proc["count"]
-        else:
-            self.files = generated_files(self.conf["root"])
-            self.source = None
-            total = len(self.files)
-        order = np.random.default_rng(12345).permutation(total)
-        cut = int(round(self.conf["train_split"] * total))
-        self.items = order[:cut] if split == "train" else order[cut:]
-        if len(self.items) == 0:
-            raise UserError(
-                f"data.train_split {self.conf['train_split']} leaves no {split} sample "
-                f"of {total}"
+            self.source = ProceduralSource(
+                proc["count"],
+                proc["seed"],
+                height,
+                width,
+                proc["fov_prior"],
+                proc["sensor"],
             )
+            self.files: list[list[Path]] = [[]]
+            totals = [proc["count"]]
+        else:
+            roots, weights = _roots_and_weights(self.conf)
+            self.files = [generated_files(root) for root in roots]
+            self.source = None
+            totals = [len(files) for files in self.files]
+            if weights is not None and split == "train":
+                self.weights = np.asarray(weights) / sum(weights)
+        # (source, sample) pairs of this split, source by source.
+        self.parts: list[np.ndarray] = []
+        for index, total in enumerate(totals):
+            order = np.random.default_rng(12345).permutation(total)
+            cut = int(round(self.conf["train_split"] * total))
+            part = order[:cut] if split == "train" else order[cut:]
+            if len(part) == 0:
+                raise UserError(
+                    f"data.train_split {self.conf['train_split']} leaves no {split} "
+                    f"sample of {total}"
+                    + ("" if len(totals) == 1 else f" in data.root[{index}]")
+                )
+            self.parts.append(part)
+        self.items = [(s, int(i)) for s, part in enumerate(self.parts) for i in part]
         self.split, self.epoch = split, 0
-        self.preloaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.preloaded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         if self.conf["preload"] and self.source is None:
             self.preloaded = {
-                int(i): load_generated(self.files[int(i)]) for i in self.items
+                (s, i): load_generated(self.files[s][i]) for s, i in self.items
             }
 
     def set_epoch(self, epoch: int) -> None:
@@ -277,19 +347,26 @@ class PointCloudDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Metric ``depth (H, W)`` and ``K (3, 3)`` of sample ``index``."""
-        item = int(self.items[index])
-        if item in self.preloaded:
-            return self.preloaded[item]
+    def item(self, index: int, rng: np.random.Generator) -> tuple[int, int]:
+        """``(source, sample)`` read for ``index``: fixed, or drawn by ``weights``."""
+        if self.weights is None:
+            return self.items[index]
+        source = int(rng.choice(len(self.weights), p=self.weights))
+        part = self.parts[source]
+        return source, int(part[rng.integers(len(part))])
+
+    def frame(self, source: int, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Metric ``depth (H, W)`` and ``K (3, 3)`` of one sample of one source."""
+        if (source, item) in self.preloaded:
+            return self.preloaded[(source, item)]
         if self.source is not None:
             frame = self.source.load(item)
             return frame.depth, frame.K
-        return load_generated(self.files[item])
+        return load_generated(self.files[source][item])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        depth, K = self.frame(index)
         rng = np.random.default_rng([self.conf["seed"], self.epoch, int(index)])
+        depth, K = self.frame(*self.item(index, rng))
         return {**distorted_sample(depth, K, rng, self.conf), "index": int(index)}
 
 

@@ -2,7 +2,8 @@
 
 Reads any mix of ScanNet ``.sens`` files, 3D Ken Burns, Taskonomy, a folder of depth maps
 with given intrinsics, and procedural scenes (``datasets.depth_sources``), spreads the
-requested number of samples of each source evenly over its scenes, and writes::
+requested number of samples of each source evenly over its scenes, and writes them with
+``--workers`` processes in parallel (a progress bar counts the samples)::
 
     OUT/plan.json                 the sample list and settings (checked on resume)
     OUT/depths/000000.npz         depth (H, W) float32 metres, 0 = invalid; invalid_counts
@@ -16,6 +17,25 @@ requested number of samples of each source evenly over its scenes, and writes::
 Every file is written atomically and a finished sample is skipped on a re-run, so an
 interrupted run resumes; ``--shard I/N`` makes process ``I`` of ``N`` write every N-th
 sample, and whichever shard finds all samples present writes the distribution files.
+The output is the same for any number of workers.
+
+Procedural scenes (``--procedural N``) take a field-of-view prior (``--fov-prior real``,
+cameras of real data, or ``wide``, 40-100 degrees) and sensor effects (on by default,
+``--no-sensor-effects`` for exact depth); see ``datasets.procedural_scenes``.
+``--motorcycle`` writes the real Middlebury frame that scikit-image ships
+(``datasets.middlebury``) alone into its folder, marked for validation only.
+
+Training on real data (ScanNet, 3D Ken Burns, Taskonomy) mixed with procedural scenes:
+write one folder per source, then give ``train_3d.py`` all of them with a sampling
+weight each (``datasets.pointcloud``)::
+
+    python data_gen.py pointclouds --scannet /data/scannet/scans -n 20000 --out data/pc/scannet
+    python data_gen.py pointclouds --kenburns /data/3d-ken-burns -n 10000 --out data/pc/kenburns
+    python data_gen.py pointclouds --taskonomy /data/taskonomy -n 20000 --out data/pc/taskonomy
+    python data_gen.py pointclouds --procedural 20000 --size 192,256 --out data/pc/procedural
+    python train_3d.py configs/pointcloud_focal.yaml \
+        'data.root=[data/pc/scannet,data/pc/kenburns,data/pc/taskonomy,data/pc/procedural]' \
+        'data.weights=[0.3,0.2,0.2,0.3]'
 """
 
 from __future__ import annotations
@@ -23,6 +43,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing as mp
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +61,13 @@ from datasets.depth_io import (
 from datasets.depth_sources import (
     FolderSource,
     KenBurnsSource,
+    MotorcycleSource,
     ProceduralSource,
     ScanNetSource,
     TaskonomySource,
     spread_evenly,
 )
-from datasets.procedural_scenes import parse_size
+from datasets.procedural_scenes import FOV_PRIORS, parse_size
 from geometry.camera import focal_to_fov
 from utils.arguments import ArgumentParser
 from utils.config import parse_shard
@@ -84,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", default="192,256", help="procedural image size H,W")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene stream")
     parser.add_argument(
+        "--fov-prior",
+        default="real",
+        choices=sorted(FOV_PRIORS),
+        help="procedural vertical FOV prior: real (RGB-D sensors, phones, photo lenses: "
+        "24-70 deg) or wide (uniform 40-100 deg)",
+    )
+    parser.add_argument(
+        "--sensor-effects",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="procedural depth as a sensor returns it (noise, missing returns, range)",
+    )
+    parser.add_argument(
+        "--motorcycle",
+        action="store_true",
+        help="write the Middlebury 2014 Motorcycle frame (scikit-image) alone, for "
+        "validation only",
+    )
+    parser.add_argument(
         "-n",
         dest="counts",
         help="samples per dataset source, in the order scannet,kenburns,taskonomy,folder "
@@ -92,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--shard", default="0/1", help="I/N: write only samples i with i %% N == I"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes writing samples in parallel (same output for any number)",
     )
     return parser
 
@@ -122,6 +170,13 @@ def _sources(args: argparse.Namespace) -> list[tuple[Any, int]]:
         )
     if args.procedural < 0:
         raise UserError("--procedural must be >= 0")
+    if args.motorcycle:
+        if given or args.procedural:
+            raise UserError(
+                "--motorcycle writes the validation frame alone: give it its own --out "
+                "without other sources"
+            )
+        return [(MotorcycleSource(), 1)]
     if not given and args.procedural == 0:
         raise UserError("nothing to generate: give --procedural N or a dataset folder")
     if args.intrinsics and not args.folder:
@@ -145,7 +200,14 @@ def _sources(args: argparse.Namespace) -> list[tuple[Any, int]]:
         result.append((source, count))
     if args.procedural:
         height, width = parse_size(args.size, "--size")
-        source = ProceduralSource(args.procedural, args.seed, height, width)
+        source = ProceduralSource(
+            args.procedural,
+            args.seed,
+            height,
+            width,
+            args.fov_prior,
+            args.sensor_effects,
+        )
         result.append((source, args.procedural))
     return result
 
@@ -196,6 +258,21 @@ def _write_sample(out: Path, index: int, source: Any, key: Any) -> dict[str, int
         lambda f: np.savez_compressed(f, depth=depth, invalid_counts=invalid),
     )
     return counts
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(out: Path, sources: list, samples: list) -> None:
+    # One OpenCV thread per process: parallelism comes from the processes.
+    cv2.setNumThreads(1)
+    _WORKER.update(out=out, sources=sources, samples=samples)
+
+
+def _write_indexed(index: int) -> dict[str, int]:
+    sample = _WORKER["samples"][index]
+    source = _WORKER["sources"][sample["source"]]
+    return _write_sample(_WORKER["out"], index, source, sample["key"])
 
 
 def _finished(out: Path, index: int) -> bool:
@@ -262,12 +339,17 @@ def main(argv: list[str] | None = None) -> int:
 
         shard, shards = parse_shard(args.shard)
         sources = _sources(args)
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {args.workers}")
         settings = {
             "sources": [[s.name, n] for s, n in sources],
             "depth_scale": args.depth_scale,
             "intrinsics": args.intrinsics,
             "size": args.size if args.procedural else None,
             "seed": args.seed if args.procedural else None,
+            "fov_prior": args.fov_prior if args.procedural else None,
+            "sensor_effects": args.sensor_effects if args.procedural else None,
+            "validation_only": bool(args.motorcycle),
         }
         plan = make_plan(sources, settings)
         for sample in plan["samples"]:
@@ -296,13 +378,29 @@ def main(argv: list[str] | None = None) -> int:
         ]
         invalid = {"nan": 0, "inf": 0, "zero": 0}
         touched = 0
-        for index in tqdm(todo, desc=PROG, dynamic_ncols=True):
-            sample = plan["samples"][index]
-            counts = _write_sample(
-                out, index, sources[sample["source"]][0], sample["key"]
-            )
-            touched += any(counts.values())
-            invalid = {k: invalid[k] + counts[k] for k in invalid}
+        # Starting a process costs about as much as rendering a few samples.
+        workers = min(args.workers, max(1, len(todo) // 8))
+        init_args = (out, [source for source, _ in sources], plan["samples"])
+        with tqdm(total=len(todo), desc=PROG, unit="sample", dynamic_ncols=True) as bar:
+            if workers == 1:
+                _worker_init(*init_args)
+                results = map(_write_indexed, todo)
+                pool = None
+            else:
+                # forkserver: workers start from a clean process, so no thread pool
+                # (OpenCV, OpenMP) of this one is inherited mid-state.
+                context = mp.get_context("forkserver")
+                pool = context.Pool(workers, _worker_init, init_args)
+                results = pool.imap_unordered(_write_indexed, todo, chunksize=4)
+            try:
+                for counts in results:
+                    touched += any(counts.values())
+                    invalid = {k: invalid[k] + counts[k] for k in invalid}
+                    bar.update()
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                    pool.join()
         print(
             f"wrote {len(todo)} samples to {out} "
             f"({len(plan['samples']) - len(todo)} already there)"

@@ -3,15 +3,20 @@
 For each depth map (LeReS's order): normalise it (``geometry.camera.normalize_depth``, as in
 training), start from a ``--fov-init`` (60 degree) vertical field of view with the principal
 point at the image centre, predict the focal ratio, then the shift with the new focal, then
-the focal again on the shift-corrected depth. Prints the recovered focal and shift, and
-writes the corrected cloud as ``clouds/<name>.ply`` (open3d; coloured when RGB is given).
+the focal again on the shift-corrected depth. ``--iterations N`` repeats the shift and
+focal passes N times (each later shift pass reads the corrected depth normalised again;
+the shifts compose into one shift of the first normalised depth). Prints the recovered
+focal and shift, and writes the corrected cloud as ``clouds/<name>.ply`` (open3d;
+coloured when RGB is given).
 
 With the true intrinsics (``--intrinsics``, per-file intrinsics files, or the
 ``intrinsics/`` of a ``data_gen.py pointclouds`` folder) the depth is taken as ground truth
 and scored beside the 60-degree baseline (no correction): median and mean vertical-FOV
 error in degrees, median relative focal error, shift error (in normalised-depth units) and
 AbsRel of the corrected depth after a median scale alignment, into ``summary.json``,
-``results.md``, ``predictions.json`` and ``error_cdf.png``. ``--distort-shift LO,HI
+``results.md`` (the summary table, then one row per depth map: true, starting and
+recovered FOV, both FOV errors, true and recovered shift and the shift error),
+``predictions.json`` and ``error_cdf.png``. ``--distort-shift LO,HI
 --seed S`` first turns the metric depth into an emulated network output whose normalised
 depth has a known shift drawn in [LO, HI] (an affine map of the depth: the normalisation
 removes any additive part, so the shift of the normalised depth is what remains of it).
@@ -20,7 +25,6 @@ removes any additive part, so the shift of the normalised depth is what remains 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -48,7 +52,15 @@ from engine.devices import (
     inference_precision,
     resolve_device,
 )
+from evaluators.pointcloud_report import (
+    error_cdf_png,
+    results_markdown,
+    score_item,
+    summarise,
+)
 from geometry.camera import (
+    NORMALISATION_OFFSET,
+    NORMALISATION_PERCENTILE,
     affine_depth_with_shift,
     depth_to_points,
     focal_to_fov,
@@ -132,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="every other draw reads the scene's left-right mirror image (same focal "
         "and shift)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=1,
+        help="shift-then-focal passes after the first focal pass (1: LeReS's "
+        "focal-shift-focal)",
     )
     parser.add_argument(
         "--out",
@@ -293,12 +312,20 @@ def recover(
     device: torch.device,
     draws: int = 1,
     mirror: bool = False,
+    iterations: int = 1,
 ) -> dict[str, Any]:
-    """Focal, then shift, then focal again (LeReS) for one emulated or real network depth.
+    """Focal, then shift, then focal again (LeReS) for one emulated or real network depth;
+    ``iterations`` > 1 repeats the shift and focal passes.
+
+    A later shift pass reads the corrected depth normalised again (``c`` with minimum
+    ``m`` and 98th percentile ``q`` of ``c - m + 0.5``) and predicts its shift ``s'``;
+    relative to the first normalised depth the shifts compose to
+    ``s + m - 0.5 + s' q``.
 
     Returns:
-        ``focal_init``, ``focal_first``, ``focal`` (pixels), ``shift`` and the corrected
-        normalised depth ``corrected (H, W)``.
+        ``focal_init``, ``focal_first``, ``focal`` (pixels), ``shift`` (of the first
+        normalised depth), the corrected normalised depth ``corrected (H, W)`` and
+        ``normalised (H, W)``.
     """
     height, width = depth_net.shape
     normalised = normalize_depth(depth_net, valid)
@@ -312,30 +339,38 @@ def recover(
     focal1 = focal0 / predict(
         *focal_model, normalised, valid, K_of(focal0), rng, device, draws, mirror
     )
-    shift = predict(
-        *shift_model, normalised, valid, K_of(focal1), rng, device, draws, mirror
-    )
-    # The exact shift is always below the smallest normalised depth; keep depths positive.
-    shift = min(shift, float(normalised[valid].min()) - 1e-3)
-    corrected = np.where(valid, normalised - shift, 0).astype(np.float32)
-    focal2 = focal1 / predict(
-        *focal_model, corrected, valid, K_of(focal1), rng, device, draws, mirror
-    )
+    focal, shift, corrected = focal1, 0.0, normalised
+    for iteration in range(iterations):
+        if iteration == 0:
+            seen, low, spread = normalised, NORMALISATION_OFFSET, 1.0
+        else:
+            values = corrected[valid].astype(np.float64)
+            low = float(values.min())
+            spread = float(
+                np.percentile(
+                    values - low + NORMALISATION_OFFSET, NORMALISATION_PERCENTILE
+                )
+            )
+            seen = normalize_depth(corrected, valid)
+        step = predict(
+            *shift_model, seen, valid, K_of(focal), rng, device, draws, mirror
+        )
+        shift = shift + low - NORMALISATION_OFFSET + step * spread
+        # The exact shift is always below the smallest normalised depth: keep depths
+        # positive.
+        shift = min(shift, float(normalised[valid].min()) - 1e-3)
+        corrected = np.where(valid, normalised - shift, 0).astype(np.float32)
+        focal = focal / predict(
+            *focal_model, corrected, valid, K_of(focal), rng, device, draws, mirror
+        )
     return {
         "focal_init": focal0,
         "focal_first": focal1,
-        "focal": focal2,
+        "focal": focal,
         "shift": shift,
         "corrected": corrected,
         "normalised": normalised,
     }
-
-
-def abs_rel(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:
-    """AbsRel of ``pred`` against ``truth`` after aligning ``pred``'s scale by medians."""
-    mask = valid & (pred > 0)
-    scale = np.median(truth[mask]) / np.median(pred[mask])
-    return float(np.mean(np.abs(scale * pred[mask] - truth[mask]) / truth[mask]))
 
 
 def write_ply(path: Path, points: np.ndarray, colors: np.ndarray | None) -> None:
@@ -358,93 +393,6 @@ def write_ply(path: Path, points: np.ndarray, colors: np.ndarray | None) -> None
             temporary.unlink()
 
 
-def score_item(item: Item, result: dict[str, Any], true_shift: float) -> dict[str, Any]:
-    """Errors of the recovered values and of the 60-degree baseline for one depth map."""
-    height = item.depth.shape[0]
-    valid = valid_depth_mask(item.depth)
-    true_focal = float(item.K[1, 1])
-    true_fov = float(focal_to_fov(true_focal, height))
-    scores = {"true_focal": true_focal, "true_fov": true_fov, "true_shift": true_shift}
-    for prefix, focal, shift, depth in (
-        ("", result["focal"], result["shift"], result["corrected"]),
-        ("baseline_", result["focal_init"], 0.0, result["normalised"]),
-    ):
-        scores[f"{prefix}fov_error"] = abs(
-            float(focal_to_fov(focal, height)) - true_fov
-        )
-        scores[f"{prefix}rel_focal_error"] = abs(focal - true_focal) / true_focal
-        scores[f"{prefix}shift_error"] = abs(shift - true_shift)
-        scores[f"{prefix}abs_rel"] = abs_rel(depth, item.depth, valid)
-    return scores
-
-
-METRICS = (
-    ("median FOV error (deg)", "fov_error", np.median),
-    ("mean FOV error (deg)", "fov_error", np.mean),
-    ("median relative focal error", "rel_focal_error", np.median),
-    ("median shift error", "shift_error", np.median),
-    ("mean shift error", "shift_error", np.mean),
-    ("mean AbsRel (median-scaled)", "abs_rel", np.mean),
-)
-
-
-def summarise(rows: list[dict[str, Any]], settings: dict) -> dict[str, Any]:
-    """Aggregate metrics of the model and the baseline."""
-    summary: dict[str, Any] = {
-        "count": len(rows),
-        **settings,
-        "model": {},
-        "baseline": {},
-    }
-    for label, key, reduce in METRICS:
-        summary["model"][label] = float(reduce([r[key] for r in rows]))
-        summary["baseline"][label] = float(reduce([r[f"baseline_{key}"] for r in rows]))
-    return summary
-
-
-def results_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        f"Point-cloud module on {summary['count']} depth maps "
-        f"(start FOV {summary['fov_init']:g} deg, distort shift "
-        f"{summary['distort_shift'] or 'none'}, seed {summary['seed']})",
-        "",
-        f"| metric | {summary['fov_init']:g}-degree baseline | recovered | ratio |",
-        "|---|---|---|---|",
-    ]
-    for label, _, _ in METRICS:
-        base, model = summary["baseline"][label], summary["model"][label]
-        ratio = model / base if base > 0 else float("nan")
-        lines.append(f"| {label} | {base:.4f} | {model:.4f} | {ratio:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def error_cdf_png(rows: list[dict[str, Any]]) -> bytes:
-    """PNG of the error CDFs (FOV, relative focal, shift) of the model and the baseline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3))
-    for axis, key, label in zip(
-        axes,
-        ("fov_error", "rel_focal_error", "shift_error"),
-        ("FOV error (deg)", "relative focal error", "shift error"),
-    ):
-        for prefix, name in (("", "recovered"), ("baseline_", "60-degree baseline")):
-            values = np.sort([r[f"{prefix}{key}"] for r in rows])
-            axis.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
-        axis.set_xlabel(label)
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("share of depth maps")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line of ``evaluation.py pointcloud`` (see module docstring)."""
     args = build_parser().parse_args(argv)
@@ -453,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         low_high = parse_range(args.distort_shift) if args.distort_shift else None
         if args.draws < 1:
             raise UserError(f"--draws must be >= 1, got {args.draws}")
+        if args.iterations < 1:
+            raise UserError(f"--iterations must be >= 1, got {args.iterations}")
         if not 0 < args.fov_init < 180:
             raise UserError(f"--fov-init {args.fov_init} is not in (0, 180)")
         device = resolve_device(args.device)
@@ -494,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 args.draws,
                 args.mirror,
+                args.iterations,
             )
             height, width = item.depth.shape
             fov = float(focal_to_fov(result["focal"], height))
@@ -515,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 "shift": result["shift"],
             }
             if item.K is not None:
-                row.update(score_item(item, result, true_shift))
+                row.update(score_item(item.depth, item.K, result, true_shift))
             rows.append(row)
         atomic_write_text(out / "predictions.json", json.dumps(rows, indent=1) + "\n")
         scored = [r for r in rows if "true_focal" in r]
@@ -527,16 +478,17 @@ def main(argv: list[str] | None = None) -> int:
                 "draws": args.draws,
                 "mirror": args.mirror,
                 "precision": precision,
+                "iterations": args.iterations,
             }
             summary = summarise(scored, settings)
             atomic_write_text(
                 out / "summary.json", json.dumps(summary, indent=2) + "\n"
             )
-            table = results_markdown(summary)
+            table = results_markdown(summary, scored)
             atomic_write_text(out / "results.md", table)
             png = error_cdf_png(scored)
             atomic_write(out / "error_cdf.png", lambda f: f.write(png))
-            print(table, end="")
+            print(table.split("\n\n")[0], table.split("\n\n")[1], sep="\n\n")
         print(f"wrote {len(rows)} clouds and the results to {out}")
         return 0
 

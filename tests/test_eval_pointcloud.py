@@ -12,7 +12,7 @@ import data_gen
 import evaluation
 from evaluators import pointcloud as pointcloud_eval
 from evaluators.pointcloud import predict, recover
-from geometry.camera import fov_to_focal, valid_depth_mask
+from geometry.camera import fov_to_focal, normalize_depth, valid_depth_mask
 from models.pointcloud_nets import build_cloud_model
 from utils.io import atomic_torch_save
 
@@ -53,6 +53,39 @@ def test_focal_then_shift_then_focal():
     np.testing.assert_allclose(
         result["corrected"], result["normalised"] - 0.1, atol=1e-6
     )
+
+
+def test_iterations_compose_shifts_of_renormalised_depths(monkeypatch):
+    """A second shift pass reads the corrected depth normalised again; its shift, mapped
+    back, leaves a depth proportional to that renormalised depth minus its shift."""
+    depth = np.random.default_rng(0).uniform(1, 5, (24, 32))
+    valid = valid_depth_mask(depth)
+    models = {
+        "focal": constant_model("focal", 1.1),
+        "shift": constant_model("shift", 0.1),
+    }
+    cpu = torch.device("cpu")
+    once = recover(depth, valid, models, 60.0, np.random.default_rng(0), cpu)
+    twice = recover(
+        depth, valid, models, 60.0, np.random.default_rng(0), cpu, 1, False, 2
+    )
+    renormalised = normalize_depth(once["corrected"], valid) - 0.1
+    ratio = twice["corrected"][valid] / renormalised[valid]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    assert twice["shift"] != pytest.approx(once["shift"])
+    np.testing.assert_allclose(
+        twice["corrected"],
+        np.where(valid, once["normalised"] - twice["shift"], 0),
+        atol=1e-6,
+    )
+    assert twice["focal"] == pytest.approx(fov_to_focal(60.0, 24) / 1.1**3, rel=1e-5)
+    calls = []
+    monkeypatch.setattr(
+        pointcloud_eval, "predict", lambda model, conf, *a: calls.append(conf) or 1.0
+    )
+    recover(depth, valid, models, 60.0, np.random.default_rng(0), cpu, 1, False, 3)
+    targets = [conf["model"]["target"] for conf in calls]
+    assert targets == ["focal"] + ["shift", "focal"] * 3
 
 
 def test_draws_average_every_prediction(monkeypatch):
@@ -114,7 +147,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pc")
     assert data_gen.main(
         ["pointclouds", "--procedural", "3", "--size", "24,32", "--seed", "5",
-         "--out", str(root / "test")]
+         "--no-sensor-effects", "--out", str(root / "test")]
     ) == 0  # fmt: skip
     focal = save(constant_model("focal", 1.1), root / "focal.pt")
     shift = save(constant_model("shift", 0.05), root / "shift.pt")
@@ -142,7 +175,20 @@ def test_scores_and_clouds_of_a_generated_folder(setup, tmp_path, capsys):
         assert -0.25 <= row["true_shift"] <= 0.8
     medians = np.median([r["fov_error"] for r in rows])
     assert summary["model"]["median FOV error (deg)"] == pytest.approx(medians)
-    assert "| median shift error |" in (out / "results.md").read_text()
+    results = (out / "results.md").read_text()
+    assert "| median shift error |" in results
+    # One row per depth map: true FOV, start, recovered FOV, errors, shifts.
+    for row in rows:
+        line = next(
+            x for x in results.splitlines() if x.startswith(f"| {row['name']} |")
+        )
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(row["true_fov"], abs=0.01)
+        assert cells[2] == "60"
+        assert float(cells[3]) == pytest.approx(row["fov"], abs=0.01)
+        assert float(cells[4]) == pytest.approx(row["fov_error"], abs=0.01)
+        assert float(cells[5]) == pytest.approx(row["baseline_fov_error"], abs=0.01)
+        assert float(cells[8]) == pytest.approx(row["shift_error"], abs=1e-4)
     assert cv2.imread(str(out / "error_cdf.png")) is not None
     cloud = o3d.io.read_point_cloud(str(out / "clouds" / "000000.ply"))
     assert len(cloud.points) == 24 * 32 and cloud.has_colors()
@@ -169,7 +215,7 @@ def test_single_png_with_intrinsics_and_rgb(setup, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "case", ["size", "model_target", "missing", "nan", "range", "draws"]
+    "case", ["size", "model_target", "missing", "nan", "range", "draws", "iterations"]
 )
 def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, case):
     root, focal, shift = setup
@@ -191,9 +237,12 @@ def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, cas
     elif case == "range":
         args += ["--distort-shift", "0.5"]
         message = "--distort-shift '0.5' is not LO,HI"
-    else:
+    elif case == "draws":
         args += ["--draws", "0"]
         message = "--draws must be >= 1, got 0"
+    else:
+        args += ["--iterations", "0"]
+        message = "--iterations must be >= 1, got 0"
     np.save(depth_path, depth)
     out = tmp_path / "eval"
     code = evaluation.main(

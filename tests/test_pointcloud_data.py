@@ -12,6 +12,7 @@ from engine.data import collate
 from geometry.camera import depth_to_points, intrinsics_from_fov
 from tests.test_camera import plane_depth
 from tests.test_depth_readers import sens_frames, write_sens
+from utils.errors import UserError
 
 TINY = {"procedural": {"count": 6, "seed": 3, "size": [24, 32]}, "num_points": 64}
 
@@ -85,6 +86,39 @@ def test_six_channels_carry_the_surface_normal_of_the_cloud():
     )
 
 
+def test_roots_mix_by_weight(tmp_path):
+    roots = []
+    for seed in (1, 2):
+        roots.append(str(tmp_path / f"pc{seed}"))
+        assert gen(tmp_path, "--procedural", "6", "--size", "12,16", "--seed",
+                   str(seed), "--out", roots[-1]) == 0  # fmt: skip
+    conf = {"root": roots, "weights": [3, 1], "num_points": 16, "train_split": 0.5}
+    train = PointCloudDataset(conf, "train")
+    assert len(train) == 6
+    picks = [
+        train.item(i, np.random.default_rng([0, epoch, i]))
+        for epoch in range(60)
+        for i in range(len(train))
+    ]
+    share = np.mean([source == 0 for source, _ in picks])
+    assert share == pytest.approx(0.75, abs=0.06)
+    assert {item for _, item in picks} <= set(range(6))
+    # Each source draws only from its own training half.
+    assert {i for s, i in picks if s == 1} == set(train.parts[1].tolist())
+    np.testing.assert_array_equal(
+        train[2]["points"], PointCloudDataset(conf, "train")[2]["points"]
+    )
+    only_first = PointCloudDataset({**conf, "weights": [1, 0]}, "train")
+    assert all(
+        only_first.item(i, np.random.default_rng([0, 0, i]))[0] == 0 for i in range(6)
+    )
+    val = PointCloudDataset(conf, "val")
+    assert sorted(s for s, _ in val.items) == [0, 0, 0, 1, 1, 1]
+    for weights in ([1], [-1, 2], [0, 0]):
+        with pytest.raises(UserError, match="data.weights"):
+            PointCloudDataset({**conf, "weights": weights})
+
+
 def test_show_writes_a_grid(tmp_path):
     out = tmp_path / "grid.png"
     assert main(["--show", "--count", "2", "--out", str(out)]) == 0
@@ -138,7 +172,7 @@ def test_dataset_sources_spread_and_invalid_pixels_reported(tmp_path, capsys):
         "--folder", str(folder),
         "--intrinsics", "20,20,7.5,5.5",
         "-n", "2,1",
-        "--procedural", "1", "--size", "12,16",
+        "--procedural", "1", "--size", "12,16", "--no-sensor-effects",
         "--out", str(out),
     )  # fmt: skip
     assert code == 0
