@@ -15,10 +15,28 @@ it (LeReS, CVPR 2021):
   drawn in ``focal_range`` (LeReS: [0.6, 1.25]; uniformly, or uniformly in log space with
   ``focal_log_uniform``); the true focal is ``f_in / r``.
 
-The network reads ``num_points`` pixels drawn from the valid ones, as ``xyz`` (3 channels)
-or ``xyz`` plus the pixel's normalised ``(u - cx, v - cy) / (H / 2)`` (5 channels), and
-regresses one target: ``shift`` (``s``), ``focal`` (``r``) or ``scale`` (metric depth over
-corrected normalised depth). Each sample is a pure function of ``(seed, epoch, index)``.
+The network reads ``num_points`` pixels drawn from the valid ones, as ``xyz`` (3 channels),
+``xyz`` plus the pixel's normalised ``(u - cx, v - cy) / (H / 2)`` (5 channels) or ``xyz``
+plus the unit surface normal (6 channels), and regresses one target: ``shift`` (``s``),
+``focal`` (``r``) or ``scale`` (metric depth over corrected normalised depth). Each sample
+is a pure function of ``(seed, epoch, index)``.
+
+**Real data mixed with procedural scenes.** ``data.root`` takes one ``data_gen.py
+pointclouds`` folder or a list of them, and ``data.weights`` a sampling weight per folder
+(null: every sample once per epoch). Write one folder per dataset with the readers of
+``datasets.depth_sources`` (ScanNet ``.sens``, 3D Ken Burns, Taskonomy, any depth folder
+with intrinsics) and one of procedural scenes, then train on all of them::
+
+    python data_gen.py pointclouds --scannet /data/scannet/scans -n 20000 --out data/pc/scannet
+    python data_gen.py pointclouds --kenburns /data/3d-ken-burns -n 10000 --out data/pc/kenburns
+    python data_gen.py pointclouds --taskonomy /data/taskonomy -n 20000 --out data/pc/taskonomy
+    python data_gen.py pointclouds --procedural 20000 --size 192,256 --out data/pc/procedural
+    python train_3d.py configs/pointcloud_focal.yaml \
+        'data.root=[data/pc/scannet,data/pc/kenburns,data/pc/taskonomy,data/pc/procedural]' \
+        'data.weights=[0.3,0.2,0.2,0.3]'
+
+Each training sample picks a folder by weight, then one of its training samples; a folder
+written with ``--motorcycle`` (a validation frame) is refused.
 
     python -m datasets.pointcloud --show --out pointcloud_samples.png
 """

@@ -156,6 +156,21 @@ def test_procedural_generation_is_resumable_and_sharded(tmp_path, capsys):
     assert len(err) == 1 and "holds another plan" in err[0]
 
 
+def test_parallel_workers_write_the_same_samples_with_progress(tmp_path, capsys):
+    common = ["--procedural", "16", "--size", "12,16", "--seed", "4"]
+    assert gen(tmp_path, *common, "--workers", "2", "--out", str(tmp_path / "a")) == 0
+    progress = capsys.readouterr().err
+    assert "16/16" in progress and "sample" in progress
+    assert gen(tmp_path, *common, "--workers", "1", "--out", str(tmp_path / "b")) == 0
+    for name in sorted(p.name for p in (tmp_path / "a" / "depths").iterdir()):
+        with np.load(tmp_path / "a" / "depths" / name) as a:
+            with np.load(tmp_path / "b" / "depths" / name) as b:
+                np.testing.assert_array_equal(a["depth"], b["depth"])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "fovs.npy"), np.load(tmp_path / "b" / "fovs.npy")
+    )
+
+
 def test_dataset_sources_spread_and_invalid_pixels_reported(tmp_path, capsys):
     (tmp_path / "scans").mkdir()
     write_sens(tmp_path / "scans" / "s0.sens", sens_frames())
