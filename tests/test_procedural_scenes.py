@@ -114,13 +114,14 @@ def test_depth_agrees_with_a_per_pixel_loop_over_primitives(kinds):
         counts = np.cumsum(scene["scene"].counts())
         rng = np.random.default_rng(0)
         pixels = list(zip(rng.integers(0, 40, 25), rng.integers(0, 56, 25)))
-        for first in (0, *counts[:-1]):  # also pixels of each primitive kind
-            last = counts[list((0, *counts[:-1])).index(first)]
-            rows, cols = np.nonzero(
-                (sample["surface"] >= first) & (sample["surface"] < last)
-            )
-            pick = rng.permutation(len(rows))[:8]
-            pixels += list(zip(rows[pick], cols[pick]))
+        starts = (0, *counts[:-1])
+        caps = np.abs(sample["normal"][..., 1]) > 0.99
+        for first, last in zip(starts, counts):  # also pixels of each primitive kind
+            on = (sample["surface"] >= first) & (sample["surface"] < last)
+            for where in (on, on & caps):  # and cylinder caps, box tops
+                rows, cols = np.nonzero(where)
+                pick = rng.permutation(len(rows))[:10]
+                pixels += list(zip(rows[pick], cols[pick]))
         for v, u in pixels:
             expected, surface = loop_depth(scene, K, u, v)
             assert depth[v, u] == pytest.approx(expected, rel=1e-6)
