@@ -293,6 +293,7 @@ def predict(
             conf["data"]["num_points"],
             rng,
             conf["model"]["input_channels"],
+            conf["data"].get("normal_radius", 0),
         )
         for i in range(draws)
     ]

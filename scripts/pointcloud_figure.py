@@ -1,14 +1,17 @@
 """Before/after picture of one cloud corrected by ``evaluation.py pointcloud``.
 
-Top views (x to the right, depth up) of one held-out procedural scene: the cloud as a
-depth network's normalised output unprojected with the 60-degree guess (before), the
-same depth corrected with the recovered shift and focal (after), and the ground truth,
-each divided by its median depth so the shapes compare. The scene is the first one of the
-evaluation whose true vertical FOV differs from the starting guess by more than
-``--min-fov-gap`` degrees (so the focal correction is visible), not a hand-picked one.
+Top views (x to the right, depth up) of one evaluated depth map (a held-out procedural
+scene, or the real Middlebury frame): the cloud as a depth network's normalised output
+unprojected with the 60-degree guess (before), the same depth corrected with the
+recovered shift and focal (after), and the ground truth, each divided by its median depth
+so the shapes compare. The depth map is the first one of the evaluation whose true
+vertical FOV differs from the starting guess by more than ``--min-fov-gap`` degrees (so
+the focal correction is visible), not a hand-picked one.
 
     python scripts/pointcloud_figure.py --data data/pointclouds/test \
         --eval outputs/pointcloud_demo/eval --out docs/pointcloud_before_after.png
+    python scripts/pointcloud_figure.py --data data/pointclouds/motorcycle \
+        --eval outputs/pointcloud_demo/eval_motorcycle --out motorcycle_before_after.png
 """
 
 from __future__ import annotations
@@ -94,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                 depth_to_points(depth.astype(np.float64), K),
             ),
         ]
-        colors = rgb[valid] / 255.0
+        # At most 40k points per panel (a real frame has hundreds of thousands).
+        keep = np.flatnonzero(valid)
+        keep = keep[:: max(1, len(keep) // 40000)]
+        colors = rgb.reshape(-1, 3)[keep] / 255.0
         figure, axes = plt.subplots(1, 3, figsize=(9, 3.4))
         for axis, (title, points) in zip(axes, clouds):
-            points = points[valid] / np.median(points[valid][:, 2])
+            points = points.reshape(-1, 3)[keep]
+            points = points / np.median(points[:, 2])
             axis.scatter(points[:, 0], points[:, 2], s=0.3, c=colors, linewidths=0)
             axis.set_title(title, fontsize=8)
             axis.set_aspect("equal")
@@ -105,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             axis.tick_params(labelsize=6)
         axes[0].set_ylabel("depth / median depth", fontsize=7)
         figure.suptitle(
-            f"held-out scene {row['name']} seen from above (AMD EPYC Zen 4 CPU demo)",
-            fontsize=9,
+            f"{Path(args.data).name}/{row['name']} seen from above", fontsize=9
         )
         figure.tight_layout()
         buffer = io.BytesIO()

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 
 import data_gen
-from datasets.pointcloud import PointCloudDataset, cloud_input, distorted_sample, main
+from datasets.pointcloud import (
+    PointCloudDataset,
+    cloud_input,
+    distorted_sample,
+    main,
+    plane_fit_normals,
+)
 from engine.data import collate
-from geometry.camera import depth_to_points, intrinsics_from_fov
+from geometry.camera import depth_to_points, intrinsics_from_fov, surface_normals
 from tests.test_camera import plane_depth
 from tests.test_depth_readers import sens_frames, write_sens
 from utils.errors import UserError
@@ -84,6 +90,34 @@ def test_six_channels_carry_the_surface_normal_of_the_cloud():
     np.testing.assert_allclose(
         points[:, :3] @ normal, -3.0 / np.percentile(depth, 98), rtol=1e-4
     )
+
+
+def test_plane_fit_normals_are_exact_on_planes_and_steady_under_noise():
+    K = intrinsics_from_fov(60.0, 40, 56)
+    first = np.array([-0.4, 0.1, -1.0]) / np.linalg.norm([-0.4, 0.1, -1.0])
+    second = np.array([0.2, -0.5, -1.0]) / np.linalg.norm([0.2, -0.5, -1.0])
+    depth = plane_depth(first, -3.0, K, (40, 56))
+    depth[:, 28:] = plane_depth(second, -1.5, K, (40, 56))[:, 28:]  # an edge
+    valid = depth > 0
+    valid[10, 5] = False
+    pixels = np.flatnonzero(valid)
+    normals = plane_fit_normals(depth, valid, K, pixels, 2)
+    truth = np.where((pixels % 56 < 28)[:, None], first, second)
+    found = np.abs(normals).sum(1) > 0
+    assert found.mean() > 0.99  # the fits do not reach across the edge
+    np.testing.assert_allclose(normals[found], truth[found], atol=1e-6)
+    noisy = depth + np.random.default_rng(0).normal(0, 0.01 * depth)
+    fitted = plane_fit_normals(noisy, valid, K, pixels, 3)
+    central = surface_normals(noisy, valid, K, pixels)
+    errors = []
+    for estimate in (fitted, central):
+        ok = np.abs(estimate).sum(1) > 0
+        cosine = np.clip((estimate[ok] * truth[ok]).sum(1), -1, 1)
+        errors.append(np.median(np.degrees(np.arccos(cosine))))
+    assert errors[0] < 4.0 and errors[1] > 3 * errors[0]
+    points = cloud_input(depth, valid, K, 200, np.random.default_rng(0), 6, 2)
+    assert points.shape == (200, 6)
+    np.testing.assert_allclose(np.linalg.norm(points[:, 3:], axis=1), 1, atol=1e-5)
 
 
 def test_roots_mix_by_weight(tmp_path):
