@@ -147,25 +147,33 @@ class CloudRegressor(BaseModel):
         return metrics
 
 
-def neighbor_edges(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Edge features of each point with its ``k`` nearest neighbours (by ``xyz``).
+def neighbor_edges(points: torch.Tensor, k: int, far: int = 0) -> torch.Tensor:
+    """Edge features of each point with its ``k`` nearest neighbours and ``far`` partners
+    at evenly spaced distance ranks (by ``xyz``).
 
     Args:
         points: ``(B, N, C)``; the first three channels are ``x, y, z``.
-        k: neighbours per point (``k < N``).
+        k: nearest neighbours per point (``k < N``).
+        far: partners farther away: the points at distance ranks
+            ``round((j + 1) N / (far + 1))``, ``j < far`` (rank 0 is the point itself).
 
     Returns:
-        ``(B, N, k, 2C)``: the point's channels and each neighbour's offset from it, the
-        input of an EdgeConv layer (Wang et al., DGCNN), which sees local surface shape:
-        the angle between walls that a wrong focal length or shift changes.
+        ``(B, N, k + far, 2C)``: the point's channels and each partner's offset from it,
+        the input of an EdgeConv layer (Wang et al., DGCNN). Near partners show local
+        surface shape; far ones pair surfaces across the scene (a wall with the floor),
+        whose angles a wrong focal length changes.
     """
     batch, num, channels = points.shape
     xyz = points[..., :3].float()
     distances = torch.cdist(xyz, xyz)
-    nearest = distances.topk(k + 1, dim=-1, largest=False).indices[..., 1:]
+    partners = [distances.topk(k + 1, dim=-1, largest=False).indices[..., 1:]]
+    for j in range(far):
+        rank = min(num, max(k + 2, round((j + 1) * num / (far + 1)) + 1))
+        partners.append(distances.kthvalue(rank, dim=-1, keepdim=True).indices)
+    chosen = torch.cat(partners, -1)
     offset = torch.arange(batch, device=points.device)[:, None, None] * num
-    neighbours = points.reshape(batch * num, channels)[nearest + offset]
-    centre = points[:, :, None, :].expand(-1, -1, k, -1)
+    neighbours = points.reshape(batch * num, channels)[chosen + offset]
+    centre = points[:, :, None, :].expand(-1, -1, chosen.shape[-1], -1)
     return torch.cat([centre, neighbours - centre], -1)
 
 
@@ -173,16 +181,26 @@ class PointNetRegressor(CloudRegressor):
     """PointNet-style regressor on sampled points (see module docstring).
 
     With ``neighbors > 0`` the first layer is an EdgeConv over each point's nearest
-    neighbours (max over them), so the per-point features carry local shape.
+    neighbours (max over them), so the per-point features carry local shape; with
+    ``far_neighbors > 0`` it also reads that many partners farther away
+    (:func:`neighbor_edges`), so they carry relations across the scene.
     """
 
-    default_conf = {"name": "pointnet", "widths": [64, 128, 256], "neighbors": 0}
+    default_conf = {
+        "name": "pointnet",
+        "widths": [64, 128, 256],
+        "neighbors": 0,
+        "far_neighbors": 0,
+    }
 
     def _init_features(self, conf: dict[str, Any]) -> int:
         layers: list[nn.Module] = []
         channels = conf["input_channels"]
-        if conf["neighbors"] < 0:
-            raise UserError(f"model.neighbors must be >= 0, got {conf['neighbors']}")
+        for key in ("neighbors", "far_neighbors"):
+            if conf[key] < 0:
+                raise UserError(f"model.{key} must be >= 0, got {conf[key]}")
+        if conf["far_neighbors"] > 0 and conf["neighbors"] == 0:
+            raise UserError("model.far_neighbors needs model.neighbors > 0 (EdgeConv)")
         if conf["neighbors"] > 0:
             channels *= 2
         for width in conf["widths"]:
@@ -201,8 +219,10 @@ class PointNetRegressor(CloudRegressor):
         batch, num, channels = points.shape
         k = min(self.conf["neighbors"], num - 1)
         if k > 0:
-            edges = neighbor_edges(points, k).reshape(batch * num * k, 2 * channels)
-            per_point = self.encoder[:3](edges).reshape(batch * num, k, -1).amax(1)
+            far = min(self.conf["far_neighbors"], num - 1 - k)
+            edges = neighbor_edges(points, k, far).reshape(-1, 2 * channels)
+            per_point = self.encoder[:3](edges).reshape(batch * num, k + far, -1)
+            per_point = per_point.amax(1)
             per_point = self.encoder[3:](per_point)
         else:
             per_point = self.encoder(points.reshape(batch * num, channels))

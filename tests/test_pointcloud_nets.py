@@ -19,16 +19,17 @@ TINY_VOXEL = {
 
 def test_neighbor_edges_equal_a_plain_loop():
     points = torch.rand(2, 12, 5, generator=torch.Generator().manual_seed(1))
-    edges = neighbor_edges(points, 3)
-    assert edges.shape == (2, 12, 3, 10)
+    edges = neighbor_edges(points, 3, far=2)
+    assert edges.shape == (2, 12, 5, 10)
     for b in range(2):
         for i in range(12):
             distances = ((points[b, :, :3] - points[b, i, :3]) ** 2).sum(-1)
-            distances[i] = float("inf")
-            nearest = torch.argsort(distances)[:3]
-            torch.testing.assert_close(edges[b, i, :, :5], points[b, i].expand(3, 5))
+            by_distance = torch.argsort(distances)  # [0] is the point itself
+            # Three nearest, then the points at distance ranks 4 and 8 of 12.
+            partners = torch.cat([by_distance[1:4], by_distance[[4, 8]]])
+            torch.testing.assert_close(edges[b, i, :, :5], points[b, i].expand(5, 5))
             torch.testing.assert_close(
-                edges[b, i, :, 5:], points[b, nearest] - points[b, i]
+                edges[b, i, :, 5:], points[b, partners] - points[b, i]
             )
 
 
@@ -54,7 +55,13 @@ def test_voxelize_equals_a_plain_loop():
 
 
 @pytest.mark.parametrize(
-    "conf", [TINY_POINT, {**TINY_POINT, "neighbors": 4}, TINY_VOXEL]
+    "conf",
+    [
+        TINY_POINT,
+        {**TINY_POINT, "neighbors": 4},
+        {**TINY_POINT, "neighbors": 4, "far_neighbors": 2},
+        TINY_VOXEL,
+    ],
 )
 @pytest.mark.parametrize("channels", [3, 5, 6])
 def test_regressors_shapes_gradients_and_initial_value(conf, channels):
@@ -90,10 +97,12 @@ def test_log_space_ratio_is_positive_and_its_loss_compares_logarithms():
         build_cloud_model({**TINY_POINT, "log_space": True, "target": "shift"})
 
 
-@pytest.mark.parametrize("neighbors", [0, 4])
-def test_pointnet_ignores_point_order(neighbors):
+@pytest.mark.parametrize("neighbors, far", [(0, 0), (4, 0), (4, 3)])
+def test_pointnet_ignores_point_order(neighbors, far):
     torch.manual_seed(0)
-    model = build_cloud_model({**TINY_POINT, "target": "shift", "neighbors": neighbors})
+    model = build_cloud_model(
+        {**TINY_POINT, "target": "shift", "neighbors": neighbors, "far_neighbors": far}
+    )
     model.eval()
     points = torch.rand(2, 30, 3)
     order = torch.randperm(30)
@@ -108,6 +117,8 @@ def test_bad_model_configs_are_named():
         build_cloud_model({"name": "pointnt"})
     with pytest.raises(UserError, match="model.target 'depth'"):
         build_cloud_model({**TINY_POINT, "target": "depth"})
+    with pytest.raises(UserError, match="far_neighbors needs model.neighbors > 0"):
+        build_cloud_model({**TINY_POINT, "far_neighbors": 2})
     with pytest.raises(UserError, match="unknown config key 'model.voxel_size'"):
         build_cloud_model({**TINY_POINT, "voxel_size": 0.1})
     model = build_cloud_model(TINY_POINT)
