@@ -148,14 +148,16 @@ class CloudRegressor(BaseModel):
 
 
 def neighbor_edges(points: torch.Tensor, k: int, far: int = 0) -> torch.Tensor:
-    """Edge features of each point with its ``k`` nearest neighbours and ``far`` partners
-    at evenly spaced distance ranks (by ``xyz``).
+    """Edge features of each point with its ``k`` nearest neighbours (by ``xyz``) and
+    ``far`` partners anywhere in the cloud.
 
     Args:
         points: ``(B, N, C)``; the first three channels are ``x, y, z``.
         k: nearest neighbours per point (``k < N``).
-        far: partners farther away: the points at distance ranks
-            ``round((j + 1) N / (far + 1))``, ``j < far`` (rank 0 is the point itself).
+        far: partners by position in the cloud: point ``i`` pairs with points
+            ``(i + round((j + 1) N / (far + 1))) mod N``, ``j < far``. Clouds are random
+            samples of a depth map in random order, so these are random points of the
+            scene (and the output depends on the order of the points).
 
     Returns:
         ``(B, N, k + far, 2C)``: the point's channels and each partner's offset from it,
@@ -165,12 +167,15 @@ def neighbor_edges(points: torch.Tensor, k: int, far: int = 0) -> torch.Tensor:
     """
     batch, num, channels = points.shape
     xyz = points[..., :3].float()
-    distances = torch.cdist(xyz, xyz)
-    partners = [distances.topk(k + 1, dim=-1, largest=False).indices[..., 1:]]
-    for j in range(far):
-        rank = min(num, max(k + 2, round((j + 1) * num / (far + 1)) + 1))
-        partners.append(distances.kthvalue(rank, dim=-1, keepdim=True).indices)
-    chosen = torch.cat(partners, -1)
+    nearest = torch.cdist(xyz, xyz).topk(k + 1, dim=-1, largest=False).indices[..., 1:]
+    index = torch.arange(num, device=points.device)
+    steps = [round((j + 1) * num / (far + 1)) for j in range(far)]
+    spread = torch.stack([(index + step) % num for step in steps], -1) if far else None
+    chosen = (
+        nearest
+        if spread is None
+        else torch.cat([nearest, spread.expand(batch, -1, -1)], -1)
+    )
     offset = torch.arange(batch, device=points.device)[:, None, None] * num
     neighbours = points.reshape(batch * num, channels)[chosen + offset]
     centre = points[:, :, None, :].expand(-1, -1, chosen.shape[-1], -1)
@@ -182,8 +187,9 @@ class PointNetRegressor(CloudRegressor):
 
     With ``neighbors > 0`` the first layer is an EdgeConv over each point's nearest
     neighbours (max over them), so the per-point features carry local shape; with
-    ``far_neighbors > 0`` it also reads that many partners farther away
-    (:func:`neighbor_edges`), so they carry relations across the scene.
+    ``far_neighbors > 0`` it also reads that many partners anywhere in the cloud
+    (:func:`neighbor_edges`), so they carry relations across the scene; the prediction
+    then depends on the order of the points (random samples in random order).
     """
 
     default_conf = {
