@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,23 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
     elif name != "cpu":
         raise UserError(f"device '{name}' is not one of auto, cpu, cuda, cuda:<i>")
     return torch.device(name)
+
+
+def resolve_rank_device(name: str | torch.device) -> torch.device:
+    """:func:`resolve_device` for this process of a ``torchrun`` launch (or the only one).
+
+    ``cuda`` is the GPU of ``LOCAL_RANK``. ``cuda:N`` is refused when ``WORLD_SIZE`` > 1,
+    since it would put every process on one GPU.
+    """
+    name = str(name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and name.startswith("cuda:"):
+        raise UserError(
+            f"device '{name}' puts all {world} torchrun processes on one GPU: "
+            "use --device cuda (each process takes the GPU of its LOCAL_RANK) and "
+            "CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+    return resolve_device(name, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 # /proc/cpuinfo flags that decide which fast paths a CPU has.

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from engine.devices import resolve_device
-from utils.errors import UserError
+from engine.devices import resolve_rank_device
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         world_size=world,
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
-    if info.enabled and device_name.startswith("cuda:"):
-        raise UserError(
-            f"device '{device_name}' puts all {world} torchrun processes on one GPU: "
-            "use --device cuda (each process takes the GPU of its LOCAL_RANK) and "
-            "CUDA_VISIBLE_DEVICES to choose the GPUs"
-        )
-    device = resolve_device(device_name, info.local_rank)
+    device = resolve_rank_device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if info.enabled and not dist.is_initialized():

@@ -20,7 +20,7 @@ from engine.devices import (
     add_device_argument,
     add_precision_argument,
     inference_precision,
-    resolve_device,
+    resolve_rank_device,
 )
 from pipelines.homographic_adaptation import (
     HA_HOMOGRAPHY,
@@ -215,7 +215,7 @@ def export_main(argv: list[str] | None = None) -> int:
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
         shard, shards = shard * world + rank, shards * world
-        device = resolve_device(ex["device"], int(os.environ.get("LOCAL_RANK", "0")))
+        device = resolve_rank_device(ex["device"])
         precision = inference_precision(
             ex["precision"], device, int8="auto", network="MagicPoint/SuperPoint"
         )

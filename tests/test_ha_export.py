@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 
 from export import main
 
@@ -230,3 +231,27 @@ def test_image_listing_layouts_and_label_rescaling(tmp_path):
     np.testing.assert_allclose(scaled, [[0.5, 0.5], [198.5, 98.5]])
     with pytest.raises(UserError, match="export.py homography_adaptation"):
         load_labels(tmp_path, "missing", (100, 200))
+
+
+def test_torchrun_with_one_gpu_index_is_refused(tmp_path, capsys, monkeypatch):
+    # cuda:N would put every torchrun process on one GPU: refused before any work.
+    write_images(tmp_path / "images", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    out = tmp_path / "labels"
+    code, captured = run(
+        [
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+            "export.device=cuda:1",
+        ],
+        capsys,
+    )
+    assert code == 2 and not out.exists()
+    assert captured.err.strip().count("\n") == 0
+    assert "'cuda:1' puts all 2 torchrun processes on one GPU" in captured.err
