@@ -24,7 +24,6 @@ section after the overrides):
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.devices import cpu_has_amx_bf16, cpu_has_native_bf16  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -139,11 +139,11 @@ def choose() -> tuple[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="a config instead of the machine's choice")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--workers", type=int, default=None, help="drawing processes")
-    args = parser.parse_intermixed_args(argv)
+    parser.add_overrides("config overrides, as train_superpoint.py takes them")
+    args = parser.parse_args(argv)
 
     def run() -> int:
         import os

@@ -16,7 +16,6 @@ training, or only scores it when it is complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from evaluators.synthetic_shapes import build_parser, evaluate_all  # noqa: E402
 from models import build_model  # noqa: E402
 from models.weights import check_and_load_state_dict  # noqa: E402
+from utils.arguments import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_write_text, load_checkpoint  # noqa: E402
 
@@ -60,13 +60,13 @@ def score_on_validation(checkpoint: Path, precision: str = "auto") -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the recipe's YAML file")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--exp", required=True, help="run name")
     parser.add_argument("--logdir", default="logs/trials", help="root of trial runs")
     parser.add_argument("--data", required=True, help="shape cache (data_gen.py)")
-    args = parser.parse_intermixed_args(argv)
+    parser.add_overrides("config overrides, as train_superpoint.py takes them")
+    args = parser.parse_args(argv)
 
     def run() -> int:
         import train_superpoint
