@@ -1,6 +1,6 @@
 """Train a LeReS point-cloud model (focal ratio, depth shift or scale) with the shared engine.
 
-    python data_gen.py pointclouds --procedural 2000 --size 96,128 --out data/pointclouds
+    python data_gen.py pointclouds --procedural 2000 --size 96,128 --out data/pointclouds/train
     python train_3d.py configs/pointcloud_focal.yaml --exp pointcloud_focal
     python train_3d.py configs/pointcloud_shift.yaml --exp pointcloud_shift
     python train_3d.py configs/pointcloud_focal.yaml --exp pointcloud_focal --resume

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The R2D2 loss study on the photographs bundled with scikit-image (no download):
 #   12 photos -> synthetic training pairs; 6 other photos (held out) -> a demo
-#   HPatches-format set; for each of the 7 rows of the study (configs/r2d2_study_*.yaml):
+#   HPatches-format set; for each variant (configs/r2d2_study_*.yaml: the six rows of the
+#   study and their HardNet + Dice combination):
 #   Fast-R2D2 trained briefly (configs/r2d2_demo_builtin.yaml + the row's loss keys),
 #   then evaluation.py hpatches --preset d2net (MMA over mutual-NN matches); finally a
 #   markdown table of MMA@3 per variant next to the study's published numbers.
