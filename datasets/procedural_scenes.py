@@ -27,8 +27,8 @@ so its ray parameter *is* the z-depth (``geometry.camera`` states the convention
   photographs through 32-55 mm equivalent lenses (35 mm: 37.8 degrees, 50 mm: 27.0
   across the short side of the 24 x 36 mm frame), such as the Middlebury 2014 stereo
   rig (28.2 degrees for its Motorcycle scene);
-* ``wide``: uniform in 40-100 degrees (:data:`FOV_RANGE_DEG`), the range of the
-  original procedural generator.
+* ``wide``: uniform in 40-100 degrees (:data:`FOV_RANGE_DEG`), wider than most real
+  cameras.
 
 A scene is a pure function of ``(seed, index)`` and its settings:
 ``render_procedural(index, seed, height, width, fov_prior, sensor)``; the layout and the

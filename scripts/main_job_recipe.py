@@ -2,7 +2,7 @@
 shape cache it trains from.
 
 The machine decides: a CUDA GPU trains the reference recipe on the GPU; on a CPU the recipe
-follows what bf16 costs there, since the main job must finish within the hour on 2 cores:
+follows what bf16 costs there, each CPU recipe sized to finish within an hour on 2 cores:
 
 * ``configs/magicpoint_shapes.yaml``: CUDA GPU (the reference GPU recipe);
 * ``configs/magicpoint_shapes_cpu.yaml``: bf16 on AMX tiles (Intel Xeon 4th gen and later);
