@@ -186,7 +186,7 @@ def _onednn_isa_cap() -> str:
 def cpu_has_native_bf16() -> bool:
     """Whether bf16 runs natively: AMX-BF16 or AVX512-BF16, and no cap below them.
 
-    On a CPU without them bf16 is emulated and about 16x slower than fp32, so ``auto`` must
+    On a CPU without them bf16 is emulated and many times slower than fp32, so ``auto`` must
     not pick it. An ``ONEDNN_MAX_CPU_ISA`` below the bf16 instruction sets, or
     ``ATEN_CPU_CAPABILITY`` of ``avx2``/``default``, counts as "no".
     """
@@ -204,9 +204,10 @@ def cpu_has_native_bf16() -> bool:
 def cpu_has_amx_bf16() -> bool:
     """Whether bf16 runs on AMX tiles (AMX-BF16, and no ``ONEDNN_MAX_CPU_ISA`` cap below it).
 
-    Native bf16 without AMX (AVX512-BF16, e.g. AMD Zen 4) is slower: a half-width MagicPoint
-    training step runs at 99 images/s there against 134 on a 2-core AMX Xeon, which is
-    what separates the main job's two recipes (``scripts/main_job.sh``).
+    Native bf16 without AMX (AVX512-BF16, e.g. AMD Zen 4) is slower per step than on AMX
+    tiles (``python -m benchmarks.bench_magicpoint_training --widths half`` times a
+    MagicPoint training step), which is what separates the main job's two bf16 recipes
+    (``scripts/main_job.sh``).
     """
     if not cpu_has_native_bf16() or "amx_bf16" not in cpu_info()["flags"]:
         return False
@@ -224,8 +225,8 @@ def cpu_has_int8_dot_product() -> bool:
 
     That needs AVX512-VNNI, AVX-VNNI or AMX-INT8 (and no ``ONEDNN_MAX_CPU_ISA`` cap below
     them). Without them the kernels add pairs of products in saturating int16
-    (``vpmaddubsw``): with 8-bit activations the sums overflow and the outputs go wrong
-    (about 65% relative error on R2D2's trunk with nearest-rounded weights), so
+    (``vpmaddubsw``): with 8-bit activations and nearest-rounded weights the sums overflow
+    and the outputs go wrong, so
     ``models.rounding`` limits the weights of each such pair (exact with 8-bit
     activations), and ``models.quantize`` falls back to 7-bit activations on these CPUs
     only for layers that rounding does not cover.
@@ -279,11 +280,16 @@ def inference_precision(
 
     On GPUs ``auto`` is :func:`resolve_precision`'s choice (bf16 where native, fp16
     before compute capability 8), on CPUs with native bf16 it is bf16. On other CPUs it
-    is the fastest path measured to keep >= 95% of the fp32 keypoints: static int8 for a
-    network whose int8 path does (``int8="auto"``: the SuperPoint family kept
-    96.2-96.5% of a trained detector's keypoints over six photographs, and homographic
-    adaptation 99% of its labels; ``benchmarks/``), fp32 for the others (R2D2's int8 path
-    kept 84%: there int8 is ``"explicit"``, run only when asked).
+    is the fastest path that keeps >= 95% of the fp32 keypoints: static int8 for a
+    network whose int8 path does (``int8="auto"``), fp32 for the others (``"explicit"``:
+    int8 runs only when asked). On a 2-core AMD EPYC Zen 4, natively and with its
+    instruction set capped at AVX2, the SuperPoint family's int8 path keeps 96.2-96.3% of a
+    trained detector's keypoints over six photographs
+    (``benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``) and
+    99.0% of its homographic adaptation labels
+    (``benchmarks/bench_homographic_adaptation.py --checkpoint CKPT``); R2D2's keeps
+    84.2-84.4% (``python -m benchmarks.bench_r2d2_extract --weights CKPT``), so it is
+    ``"explicit"``.
 
     Args:
         name: one of :data:`PRECISIONS`.

@@ -59,8 +59,8 @@ class SuperPointRunner:
             holds a copy).
         precision: resolved (``engine.devices.inference_precision``): ``fp32``;
             ``bf16``/``fp16``: the weights of the copy cast once (autocast would re-cast
-            them at every call, and plain-layout bf16 convolutions were measured slower
-            than fp32 on CPUs); ``int8``: static int8 convolutions calibrated on the
+            them at every call, and plain-layout bf16 convolutions run slower than fp32
+            on CPUs); ``int8``: static int8 convolutions calibrated on the
             built-in photographs (``models.quantize``, CPU only).
         channels_last: run the float convolutions in channels-last memory layout.
         device: where the float network runs (int8 runs on the CPU).
@@ -130,7 +130,7 @@ class Extractor:
         device: torch device string.
         precision: one of ``engine.devices.PRECISIONS``, resolved by
             :func:`engine.devices.inference_precision` (``auto`` on CPUs without native
-            bf16: int8, which kept 96.2-96.5% of a trained detector's keypoints); see
+            bf16: int8, which keeps over 95% of the fp32 keypoints); see
             :class:`SuperPointRunner` for what each runs.
         channels_last: see :class:`SuperPointRunner`.
 

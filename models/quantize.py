@@ -1,19 +1,19 @@
 """Static int8 quantisation of the convolutional trunks, the fast inference path of CPUs
 without native bf16.
 
-On an AVX2-only CPU bf16 is emulated (about 16x slower than fp32), and fp32 convolutions are
+On an AVX2-only CPU bf16 is emulated (many times slower than fp32), and fp32 convolutions are
 bound by the two 256-bit FMA units; int8 convolutions through oneDNN multiply four times as
 many values per instruction. Post-training static quantisation (PyTorch FX: per-channel
-symmetric int8 weights, uint8 activations with histogram-calibrated ranges) runs SuperPoint at
-480x640 about 2-4x faster than fp32 (``benchmarks/bench_superpoint_inference.py`` measures it
-beside the plain fp32 path and reports keypoint agreement).
+symmetric int8 weights, uint8 activations with histogram-calibrated ranges) uses them.
+``benchmarks/bench_superpoint_inference.py`` times it beside the plain fp32 path and reports
+the keypoint agreement.
 
 Weights are rounded by GPTQ (``models.rounding``: each rounding error is moved onto the
 weights not yet rounded, so that the layer's output on the calibration images changes least)
 with a pair limit that keeps the AVX2 kernels exact: without an int8 dot product (VNNI, AMX)
 oneDNN adds the products of input-channel pairs in saturating int16, which 8-bit activations
 times two large same-signed weights overflow. With the limit, activations are 8-bit and the
-results exact integer arithmetic on every CPU (7-bit activations remain only for layers
+results exact integer arithmetic on every CPU (7-bit activations are used only for layers
 the limit does not cover, on CPUs without an int8 dot product,
 ``engine.devices.cpu_has_int8_dot_product``).
 
@@ -24,14 +24,17 @@ commute with a positive per-channel scale, so dividing a convolution's output ch
 ``s`` and multiplying the next convolution's matching input channel by ``s`` leaves the float
 network unchanged, while the activation ranges, quantised per tensor, become even.
 
-Keypoint agreement with fp32 of a trained MagicPoint at 480x640 over six photographs
-(``benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``; AVX2:
-the same CPU with ``ONEDNN_MAX_CPU_ISA=AVX2``): nearest rounding 89.9% (AVX2, 7-bit
-activations) / 92.9% (VNNI, 8-bit); with equalisation 92.9% / 93.6%; with equalisation,
-GPTQ and 8-bit activations everywhere 96.3% / 96.2%. The time does not change.
+Equalisation and rounding change the int8 weights, not the time of the int8 network; each
+raises the share of fp32 keypoints the int8 path keeps (``quantize_static``'s ``equalize``
+and ``rounding`` switch them off). With both, a full-width MagicPoint trained 2800 steps on
+Synthetic Shapes keeps 96.2% of its fp32 keypoints at 480x640 over six photographs on a
+2-core AMD EPYC Zen 4, and 96.3% with its instruction set capped at AVX2
+(``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``):
+``python benchmarks/bench_superpoint_inference.py --detector CKPT --agreement-photos 6``.
 
 Calibration uses the photographs bundled with scikit-image (a fixed, local set: the result
-does not depend on the images being extracted), resized to the first image's size. Only the
+does not depend on the images being extracted), resized to one fixed size per network
+(:func:`calibration_batch`: 240x320 for SuperPoint, 256x320 for R2D2). Only the
 convolutions are quantised; softmax, descriptor normalisation and keypoint selection stay in
 float32.
 """
@@ -58,10 +61,9 @@ ENGINE = "onednn"
 CALIBRATION_IMAGES = 8
 # Equalisation strength: per-channel scale s = r^a / w^(1 - a) of activation range r and
 # next-layer weight range w (0: activations untouched, 0.5: both ranges made equal, 1: all
-# the activation spread moved into the weights). 0.85 measured best of 0.5-1.0 for the
-# trained SuperPoint and R2D2 under 7-bit activations, and kept with GPTQ and 8 bits
-# (SuperPoint over six photographs, AVX2: none 93.8%, 0.5 94.3%, 0.7 95.4%, 0.85 96.4%,
-# 1.0 96.7% but 93% on one photograph).
+# the activation spread moved into the weights). 0.85 keeps the most keypoints of trained
+# SuperPoint and R2D2 detectors among 0.5-1.0 without a bad photograph: 1.0 keeps about as
+# many on average but loses several points on some photographs.
 EQUALIZE_ALPHA = 0.85
 
 # (producer convolution, its consumer convolutions): dotted module names.

@@ -7,10 +7,9 @@ rather than cancel. GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantiza
 Generative Pre-trained Transformers", ICLR 2023, after Optimal Brain Quantization) rounds one
 input column at a time and moves its error onto the columns not yet rounded, weighted by the
 inverse second moment ``H = E[x x^T]`` of the layer's input patches, so that ``W x`` changes
-as little as possible on the calibration data. On a trained MagicPoint at 480x640 the
-keypoints of the float network with int8 weights (float activations) agree with fp32 for
-95.1% with nearest rounding and 98.4% with this rounding (99.0% with the pair limit below;
-six photographs, ``benchmarks/bench_superpoint_inference.py``'s).
+as little as possible on the calibration data: a trained MagicPoint whose int8 weights are
+rounded this way (float activations) keeps more of its fp32 keypoints than with nearest
+rounding.
 
 On CPUs without an int8 dot product (AVX2 without VNNI) oneDNN multiplies uint8 activations
 by int8 weights with VPMADDUBSW, which adds the products of input channels ``2j`` and
@@ -21,8 +20,9 @@ such pair within 128 (an output channel whose largest pair would exceed it takes
 step, and a pair that rounding still pushes over is clipped, the error moved on like any
 rounding error), so the int8 convolution is exact integer arithmetic and the activations
 keep all 8 bits (``tests/test_rounding.py`` checks this under
-``ONEDNN_MAX_CPU_ISA=AVX2``). Without it, those CPUs need 7-bit activations, which cost the
-trained MagicPoint 2.5 points of keypoint agreement (93.9% against 96.4% in int8).
+``ONEDNN_MAX_CPU_ISA=AVX2``). Without it, those CPUs need 7-bit activations
+(``models.quantize.quantize_static`` uses them for layers this rounding does not cover),
+which halve the activation resolution and lose keypoint agreement.
 """
 
 from __future__ import annotations
