@@ -3,7 +3,8 @@
 Batch 32 of 240x320 image pairs (30x40 cells), D = 256, random homographies. The loss is
 computed from per-image (1200 x 1200) similarity matrices with checkpointed batch chunks
 (``losses.descriptor.dense_descriptor_loss``); the naive formulation would materialise a
-B x Hc x Wc x Hc x Wc x D float tensor, whose size is printed beside it. Target: < 2 GB.
+B x Hc x Wc x Hc x Wc x D float tensor, whose size is printed beside it. Exits 1 when a
+setting's peak reaches 2 GB.
 
 On CPU, peak memory is the growth of the process's peak resident set (``VmHWM``, reset
 through ``/proc/self/clear_refs`` after the inputs are built); on CUDA it is
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"dense loss B={r['batch']} {args.size[0]}x{args.size[1]} D={r['dim']} "
             f"chunk={r['chunk']} on {r['device']}: peak {r['peak_bytes'] / GB:.3f} GB "
-            f"({'<' if passed else '>='} 2 GB target), naive tensor would be "
+            f"({'<' if passed else '>='} 2 GB), naive tensor would be "
             f"{r['naive_bytes'] / GB:.1f} GB; fwd+bwd {r['seconds']:.2f} s, "
             f"loss {r['loss']:.4f}, grads finite: {r['finite_grad']}"
         )

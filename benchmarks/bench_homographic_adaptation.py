@@ -1,6 +1,7 @@
 """Benchmark: homographic adaptation throughput, batched vs one warp at a time.
 
-Full-size MagicPoint (random weights: speed does not depend on them) on built-in photos
+Full-size MagicPoint (random weights unless ``--checkpoint``: speed does not depend on
+them, label agreement does) on built-in photos
 resized to 240x320, 100 homographies per image (the first the identity). Compared in the
 same run:
 
@@ -14,11 +15,12 @@ same run:
 * ``batched bf16``: the network cast to bf16 in channels-last layout (what the export uses by
   default on CPUs with AMX/AVX512-BF16; skipped where bf16 would be emulated).
 
-Target: batched >= 5x the loop on CPU. Prints images/s and the speed-ups, checks that the
-batched fp32 map equals the loop's, and for the reduced precisions reports how many of the
-fp32 labels (threshold 0.015, NMS 4) they reproduce within 1 px, on the last image.
+Prints images/s and the speed-ups over the loop, checks that the batched fp32 map equals
+the loop's, and for the reduced precisions reports how many of the fp32 labels (threshold
+0.015, NMS 4) they reproduce within 1 px, on the last image.
 
     python benchmarks/bench_homographic_adaptation.py [--images 2] [--threads 2]
+        [--checkpoint CKPT]
 """
 
 from __future__ import annotations
@@ -147,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * agreement(labels['batched fp32'], labels[name]):.1f}% of the "
                 f"{len(labels['batched fp32'])} fp32 labels within 1 px"
             )
-    ok = best / rates["loop"] >= 5.0
-    print(f"target >= 5x: {'met' if ok else 'NOT met'} ({best / rates['loop']:.2f}x)")
+    print(f"best speed-up vs loop: {best / rates['loop']:.2f}x")
     return 0
 
 

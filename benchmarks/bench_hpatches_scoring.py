@@ -5,7 +5,7 @@ tiny PNGs, since scoring only reads their headers) with cached features of 1000
 keypoints and 256-D float32 descriptors per image, about 60 % of them true
 correspondences, then times ``evaluators.hpatches.evaluate`` (feature loading,
 repeatability/MLE, cross-check matching, RANSAC, NN mAP, matching score, JSON, markdown
-and the per-sequence plot). Target: under 30 s on 2 CPU cores.
+and the per-sequence plot).
 
     python benchmarks/bench_hpatches_scoring.py [--num-keypoints 1000] [--threads 2]
 """

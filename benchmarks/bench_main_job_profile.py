@@ -9,9 +9,10 @@ backward pass with the optimiser step, the validations, the checkpoints, TensorB
 panels, and the evaluation (drawing the clean and noisy test sets, the network, each
 OpenCV baseline with its NMS and matching, scoring the network). It prints each part's
 core-seconds and share of the job, and the job's wall time predicted on 2 cores: the
-core-seconds over 2 cores at ``--parallel-efficiency`` (the 2-thread training step over
-twice the 1-thread one, measured on a quiet machine). The per-image cost of drawing shapes
-on the fly is printed too, for comparison with the cache.
+core-seconds over 2 cores at ``--parallel-efficiency`` (the 2-thread training step's
+throughput over twice the 1-thread one, 0.95 by default; time it on a quiet machine).
+The per-image cost of drawing shapes on the fly is printed too, for comparison with the
+cache.
 
     python -m benchmarks.bench_main_job_profile [--config CONFIG] [--images 180]
 

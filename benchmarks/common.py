@@ -1,5 +1,5 @@
 """Shared pieces of the benchmark scripts: the CPU line printed above every figure, and which
-precisions the CPU runs natively (emulated bf16 is about 16x slower than fp32, so benchmarks
+precisions the CPU runs natively (emulated bf16 is many times slower than fp32, so benchmarks
 skip it with a note instead of spending minutes on a number nobody would use)."""
 
 from __future__ import annotations

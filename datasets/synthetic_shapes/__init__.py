@@ -9,13 +9,14 @@ image and its exact ground truth: the corners and junctions of what was drawn th
 inside the image, in the repository's pixel convention (x, y; centre of the top-left
 pixel at (0, 0)).
 
-Speed: the reference draws at 960x1280, blurs and resizes (about 36 images/s per core).
-Here shapes are drawn directly at the output size with analytic anti-aliasing: every
+Speed: the reference draws at 960x1280, blurs and resizes, so most of its time goes to
+pixels that are then thrown away (``benchmarks/bench_synthetic_shapes.py`` times both
+recipes). Here shapes are drawn directly at the output size with analytic anti-aliasing: every
 polygon and thick segment gets the exact signed distance of each boundary pixel centre
 to its outline (coverage ``clip(0.5 + d, 0, 1)``), and tilings (checkerboard, stripes)
 are rasterised through their board homography with 4x4 supersampling of the boundary
 pixels only. OpenCV's own ``LINE_AA`` fill is not used for labelled shapes because it
-dilates by about 0.7 px and rounds vertical positions to whole pixels (measured), which
+dilates by about 0.7 px and rounds vertical positions to whole pixels, which
 would bias every corner; with the analytic rasteriser the drawn corner is where the
 label says, so ``supersample`` (draw larger, then ``INTER_AREA``) defaults to 1 and is
 only kept as an option. The background's blobs and box blur (kernel >= 12% of the image)
