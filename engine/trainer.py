@@ -114,7 +114,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # descriptor head on single images); true / false force it.
     "find_unused_parameters": "auto",
     "channels_last": False,
-    # CPU/GPU speed switches (README, "Speed"): torch.compile of the network (inductor), and
+    # CPU/GPU speed switches (docs/speed.md): torch.compile of the network (inductor), and
     # the number of intra-op threads of the training process (0: PyTorch's default, one per
     # core).
     "compile": False,

@@ -385,7 +385,7 @@ def valid_mask(
             mask = mask[:, 0] > 0.5
         return mask if H.dim() == 3 else mask[0]
     # warp_points of every pixel centre, written as outer sums over rows and columns:
-    # 3x fewer operations than the (H*W, 3) product, which made this the slowest step of
+    # 3x fewer operations than the (H*W, 3) product, which would be the slowest step of
     # the data augmentation.
     H_inv = np.linalg.inv(np.asarray(H, dtype=np.float64))
     xs = np.arange(out_shape[1], dtype=np.float64)

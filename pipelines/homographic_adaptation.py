@@ -102,7 +102,7 @@ def erode(
 
     Same kernel as :func:`geometry.homography.valid_mask` uses for NumPy masks (and as the
     reference), so both HA implementations agree pixel for pixel. On the CPU (the default
-    ``use_opencv``) each mask goes through ``cv2.erode``, about 10x faster there than the
+    ``use_opencv``) each mask goes through ``cv2.erode``, several times faster there than the
     convolution that other devices use; both treat the outside of the image as no hole.
     """
     if radius <= 0:

@@ -3,7 +3,7 @@
 # OpenCV's Harris, Shi-Tomasi and FAST on the clean and noisy test sets.
 # The recipe follows the machine (scripts/main_job_recipe.py says which and why): the
 # reference recipe on a CUDA GPU; on a CPU, bf16 where it is native (AMX, or AVX512-BF16
-# without AMX) and fp32 elsewhere, each sized to finish within the hour on 2 cores.
+# without AMX) and fp32 elsewhere, each sized to finish within an hour on 2 cores.
 # CONFIG=... chooses another. Steps:
 #   1. draw the training and validation shapes once into a cache (DATA; skipped when there),
 #   2. train from it, augmenting every epoch anew (a second run resumes where it stopped),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU demo of the LeReS point-cloud module (README, "Point-cloud module"), no download:
+# CPU demo of the LeReS point-cloud module (docs/pointcloud.md), no download:
 #   procedural interiors (training, and held-out ones with another seed; clutter, sensor
 #   effects, FOV prior of real cameras) and the real Middlebury Motorcycle frame that
 #   scikit-image ships (validation only) -> the focal model -> the shift model ->

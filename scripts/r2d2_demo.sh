@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 STEPS=${STEPS:-100}              # training steps per variant
 CROP=${CROP:-96}                 # training crop (reference: 192)
 BATCH=${BATCH:-4}                # batch size (reference: 8)
-PRECISION=${PRECISION:-fp32}     # fp32 | bf16 (bf16 autocast measured slower here)
+PRECISION=${PRECISION:-fp32}     # fp32 | bf16 (autocast; not faster at these crop sizes)
 HP_SIZE=${HP_SIZE:-256}          # longest side of the demo HPatches images
 REL_THR=${REL_THR:-0.7}          # extraction thresholds (published: 0.7 and 0.7)
 REP_THR=${REP_THR:-0.7}

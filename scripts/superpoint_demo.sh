@@ -8,8 +8,10 @@
 # HA export skips images already labelled. The real-image step counts below are demo-sized
 # (the published recipe is in configs/*_coco*.yaml); scale them with the variables, e.g.
 #   MP_STEPS=1000 SP_STEPS=1000 NUM_H=100 bash scripts/superpoint_demo.sh
-# Step 0 is the README's main job (configs/magicpoint_shapes_cpu.yaml, about 50 minutes on 2
-# CPU cores); MAGICPOINT=path/to/checkpoint.pt starts from an already trained MagicPoint
+# Step 0 trains MagicPoint on Synthetic Shapes with SHAPES_CONFIG (default
+# configs/magicpoint_shapes_cpu.yaml, the main job's recipe for CPUs with AMX, sized for
+# about an hour on 2 cores; scripts/main_job_recipe.py names the one that suits this
+# machine); MAGICPOINT=path/to/checkpoint.pt starts from an already trained MagicPoint
 # instead (e.g. logs/magicpoint_shapes_cpu/checkpoints/best.pt) and skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
