@@ -12,9 +12,10 @@ file is never silently reused for another model. The record holds:
 - ``resize`` and ``top_k``: the image preprocessing and the keypoint budget;
 - ``image_size`` / ``original_size``: ``[width, height]`` of the processed and source image.
 
-Files written before records existed have no ``provenance``; :func:`read_features` still reads
-them, and :func:`stale_reason` calls them stale. This module is the one reader of feature
-files. Files are written to a temporary name and renamed, so a reader never sees half a file.
+A file without ``provenance`` (another tool's, for example) is still read by
+:func:`read_features`, and :func:`stale_reason` calls it stale. This module is the one reader
+of feature files. Files are written to a temporary name and renamed, so a reader never sees
+half a file.
 """
 
 from __future__ import annotations
