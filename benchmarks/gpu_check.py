@@ -178,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
+    # Without CUDA, --list shows the plan of a one-GPU machine with native bf16.
+    plan_only = cuda and not torch.cuda.is_available() and args.list
+    if cuda and not torch.cuda.is_available() and not plan_only:
         print(
             "gpu_check: CUDA is not available; use --device cpu --tiny", file=sys.stderr
         )
         return 2
-    if cuda and ":" in args.device:
+    if cuda and ":" in args.device and not plan_only:
         # Every step, torchrun's included, sees the chosen GPU alone, as cuda:0.
         index = int(args.device.split(":")[1])
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -193,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     out = Path(args.out).resolve()
     device = torch.device(args.device)
-    machine = Machine(
-        args.device,
-        torch.cuda.device_count() if cuda else 0,
-        resolve_precision("auto", device),
-    )
+    if plan_only:
+        machine = Machine("cuda", 1, "bf16")
+    else:
+        machine = Machine(
+            args.device,
+            torch.cuda.device_count() if cuda else 0,
+            resolve_precision("auto", device),
+        )
     plan = build_plan(
         machine,
         out,

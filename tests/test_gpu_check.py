@@ -207,3 +207,15 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "gpu_check: CUDA is not available; use --device cpu --tiny"
     ]
+
+
+def test_the_plan_can_be_read_on_a_machine_without_cuda(capsys, tmp_path):
+    # --list shows a one-GPU bf16 machine's plan; running it is refused in one line.
+    assert gpu_check.main(["--list", "--out", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    names = [line.split(" [")[0] for line in listed]
+    assert names == [s.name for s in build_plan(Machine("cuda", 1, "bf16"), tmp_path)]
+    assert any("--device cuda" in line for line in listed)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -10,8 +10,9 @@ sections ``data``, ``model``, ``loss``, ``train`` and ``eval``. Merging is stric
 
 Merging never mutates its inputs, so module-level ``default_conf`` dicts stay intact.
 
-Numbers are read as Python reads them, in files and overrides alike: ``5e-4``, ``1E3`` and
-``.5`` are floats (YAML 1.1, which PyYAML implements, reads the first two as strings).
+Numbers in Python's decimal notations are numbers, in files and overrides alike: ``5e-4``,
+``1E3``, ``.5`` and ``1_000`` (YAML 1.1, which PyYAML implements, reads the first two as
+strings); ``inf``, ``nan`` and octal literals stay strings.
 
 Example:
     >>> defaults = {"train": {"lr": 1e-3, "batch_size": 64}}
