@@ -28,7 +28,7 @@ REFINE_STEPS=${REFINE_STEPS:-300}
 MAX_SIZE=${MAX_SIZE:-640}            # features extracted with the long side <= MAX_SIZE
 TOP_K=${TOP_K:-2000}                 # keypoints per feature file
 KEEP=${KEEP:-"0.05 0.1 0.25 0.5 1.0"}
-FIGURE=${FIGURE:-}                   # e.g. docs/inversion_demo.png: a small figure of
+FIGURE=${FIGURE:-}                   # e.g. outputs/inversion_demo/grid.png: a small figure of
 FIGURE_KEEP=${FIGURE_KEEP:-0.25}     # the FIGURE_FEATURES grid at this kept fraction
 FIGURE_FEATURES=${FIGURE_FEATURES:-sift}
 PRECISION=${PRECISION:-auto}
