@@ -1,9 +1,9 @@
 """Train one candidate MagicPoint recipe and score it on the Synthetic Shapes validation set.
 
-The main job's recipes (``configs/magicpoint_shapes_*.yaml``) are chosen with this: each
-candidate trains exactly as ``scripts/main_job.sh`` would train it (same config, the same
-shape cache), then its ``best.pt`` is scored with the test protocol on the validation split
-(200 images per primitive, clean and noisy), never on the test set. A candidate's mAP at a
+For comparing candidate recipes (``configs/magicpoint_shapes_*.yaml`` and overrides) without
+touching the test set: a candidate trains exactly as ``scripts/main_job.sh`` would train it
+(same config, the same shape cache), then its ``best.pt`` is scored with the test protocol
+on the validation split (200 images per primitive, clean and noisy). A candidate's mAP at a
 fixed number of steps does not depend on the machine's load, so trials can run on a busy
 machine; their time on a quiet one is the step count over the recipe's measured throughput.
 
