@@ -136,6 +136,12 @@ def augmentation_process(count: int, cache_dir: str | None) -> int:
 
     conf = {
         "image_size": list(TRAIN_SIZE),
+        # The split the cache of whole_processes holds (count over the primitives).
+        "split_sizes": {
+            "train": max(1, count // len(S.PRIMITIVES)),
+            "val": 1,
+            "test": 1,
+        },
         "cache_dir": cache_dir,
         "augmentation": {
             "photometric": {"enable": True},
