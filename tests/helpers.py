@@ -76,3 +76,26 @@ def write_photos(folder, names=("chelsea", "coffee", "astronaut"), size=(128, 96
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(folder / f"{name}.png"), small[..., ::-1])
     return folder
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a test's process group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_torchrun_env(rank: int, port: int, world: int = 2) -> None:
+    """The environment ``torchrun`` gives process ``rank`` of ``world`` on one machine."""
+    import os
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )

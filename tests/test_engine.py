@@ -1,6 +1,3 @@
-import os
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -10,7 +7,13 @@ from engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from engine.state import latest_checkpoint, lr_factor, seed_everything
 from engine.trainer import Trainer
 from models import build_model
-from tests.helpers import SquaresDataset, max_weight_difference, tiny_conf
+from tests.helpers import (
+    SquaresDataset,
+    free_port,
+    max_weight_difference,
+    set_torchrun_env,
+    tiny_conf,
+)
 from utils.errors import UserError
 from utils.io import load_checkpoint
 
@@ -126,14 +129,7 @@ def test_lr_schedules():
 
 
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_torchrun_env(rank, port)
     dist_info, device = init_distributed("cpu")
     try:
         from pathlib import Path
@@ -148,9 +144,7 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_two_process_gloo_ddp_ranks_agree(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     weights = [
         torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from engine.state import latest_checkpoint, seed_everything
 from engine.trainer import Trainer
 from models import build_model
-from tests.helpers import SquaresDataset, tiny_conf
+from tests.helpers import SquaresDataset, free_port, set_torchrun_env, tiny_conf
 
 SUPERPOINT = {
     "name": "superpoint",
@@ -72,14 +71,7 @@ def _rng_fingerprint() -> list:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_torchrun_env(rank, port)
     # A broken collective fails the test within a minute instead of hanging it.
     dist.init_process_group(
         "gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60)
@@ -123,9 +115,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_ddp_unused_head_short_validation_ctrl_c_and_resume(tmp_path, capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     results = [
         torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)

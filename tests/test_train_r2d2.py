@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ from losses.r2d2 import PeakyLoss
 from models import load_extractor
 from models.r2d2 import R2D2, R2D2Extractor
 from models.r2d2_net import R2D2Net
-from tests.helpers import write_photos
+from tests.helpers import free_port, set_torchrun_env, write_photos
 from utils.errors import UserError
 from utils.io import load_checkpoint
 
@@ -333,14 +332,7 @@ def test_flow_png_of_wrong_size_and_missing_pair_files(tmp_path, photos, capsys)
 
 
 def _ddp_worker(rank: int, port: int, photos: str, out_dir: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_torchrun_env(rank, port)
     trainer = train_r2d2.run(
         args(photos, out_dir, "ddp", "train.max_steps=2", "train.batch_size=1")
     )
@@ -349,9 +341,7 @@ def _ddp_worker(rank: int, port: int, photos: str, out_dir: str) -> None:
 
 
 def test_two_process_gloo_ddp_ranks_agree(tmp_path, photos):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_ddp_worker, args=(port, photos, str(tmp_path)), nprocs=2, join=True)
     weights = [
         torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)
