@@ -46,39 +46,52 @@ NO_EFFECTS = {
 }
 
 
+# Per-scene settings of the noisy sensor kinds, drawn in this order: a ``(low, high)`` pair
+# is a uniform float, a ``range`` a uniform integer, anything else a constant.
+SENSOR_SETTINGS: dict[str, dict[str, Any]] = {
+    "active": {
+        "noise_scale": (0.5, 2.0),
+        "min_range": 0.4,
+        "max_range": (3.5, 8.0),
+        "edge_drop": (0.3, 0.9),
+        "edge_width": range(1, 3),
+        "grazing_drop": (0.2, 0.8),
+        "dark_drop": (0.3, 0.9),
+        "shiny_drop": (0.3, 0.9),
+        "glass_drop": (0.85, 1.0),
+        "speckle": (0.0, 0.01),
+    },
+    "stereo": {
+        "noise_scale": (0.002, 0.01),
+        "min_range": 0.3,
+        "max_range": (8.0, 20.0),
+        "edge_drop": (0.5, 1.0),
+        "edge_width": range(1, 5),
+        "grazing_drop": (0.0, 0.3),
+        "dark_drop": (0.0, 0.5),
+        "shiny_drop": (0.3, 0.8),
+        "glass_drop": (0.7, 1.0),
+        "speckle": (0.0, 0.01),
+    },
+}
+
+
 def random_sensor(rng: np.random.Generator) -> dict[str, Any]:
-    """A sensor drawn from :data:`SENSORS` with its per-scene settings."""
+    """A sensor drawn from :data:`SENSORS` with its per-scene settings
+    (:data:`SENSOR_SETTINGS`)."""
     kinds = list(SENSORS)
     kind = kinds[int(rng.choice(len(kinds), p=list(SENSORS.values())))]
     if kind == "ideal":
         return dict(NO_EFFECTS)
-    if kind == "active":
-        return {
-            "kind": kind,
-            "noise_scale": float(rng.uniform(0.5, 2.0)),
-            "min_range": 0.4,
-            "max_range": float(rng.uniform(3.5, 8.0)),
-            "edge_drop": float(rng.uniform(0.3, 0.9)),
-            "edge_width": int(rng.integers(1, 3)),
-            "grazing_drop": float(rng.uniform(0.2, 0.8)),
-            "dark_drop": float(rng.uniform(0.3, 0.9)),
-            "shiny_drop": float(rng.uniform(0.3, 0.9)),
-            "glass_drop": float(rng.uniform(0.85, 1.0)),
-            "speckle": float(rng.uniform(0.0, 0.01)),
-        }
-    return {
-        "kind": kind,
-        "noise_scale": float(rng.uniform(0.002, 0.01)),
-        "min_range": 0.3,
-        "max_range": float(rng.uniform(8.0, 20.0)),
-        "edge_drop": float(rng.uniform(0.5, 1.0)),
-        "edge_width": int(rng.integers(1, 5)),
-        "grazing_drop": float(rng.uniform(0.0, 0.3)),
-        "dark_drop": float(rng.uniform(0.0, 0.5)),
-        "shiny_drop": float(rng.uniform(0.3, 0.8)),
-        "glass_drop": float(rng.uniform(0.7, 1.0)),
-        "speckle": float(rng.uniform(0.0, 0.01)),
-    }
+    sensor: dict[str, Any] = {"kind": kind}
+    for key, spec in SENSOR_SETTINGS[kind].items():
+        if isinstance(spec, range):
+            sensor[key] = int(rng.integers(spec.start, spec.stop))
+        elif isinstance(spec, tuple):
+            sensor[key] = float(rng.uniform(*spec))
+        else:
+            sensor[key] = spec
+    return sensor
 
 
 def axial_sigma(depth: np.ndarray, incidence: np.ndarray, sensor: dict) -> np.ndarray:
