@@ -25,17 +25,9 @@ cameras of real data, or ``wide``, 40-100 degrees) and sensor effects (on by def
 ``--motorcycle`` writes the real Middlebury frame that scikit-image ships
 (``datasets.middlebury``) alone into its folder, marked for validation only.
 
-Training on real data (ScanNet, 3D Ken Burns, Taskonomy) mixed with procedural scenes:
-write one folder per source, then give ``train_3d.py`` all of them with a sampling
-weight each (``datasets.pointcloud``)::
-
-    python data_gen.py pointclouds --scannet /data/scannet/scans -n 20000 --out data/pc/scannet
-    python data_gen.py pointclouds --kenburns /data/3d-ken-burns -n 10000 --out data/pc/kenburns
-    python data_gen.py pointclouds --taskonomy /data/taskonomy -n 20000 --out data/pc/taskonomy
-    python data_gen.py pointclouds --procedural 20000 --size 192,256 --out data/pc/procedural
-    python train_3d.py configs/pointcloud_focal.yaml \
-        'data.root=[data/pc/scannet,data/pc/kenburns,data/pc/taskonomy,data/pc/procedural]' \
-        'data.weights=[0.3,0.2,0.2,0.3]'
+To train on real data (ScanNet, 3D Ken Burns, Taskonomy) mixed with procedural scenes,
+write one folder per source and give ``train_3d.py`` all of them with a sampling weight
+each; ``datasets.pointcloud`` shows the commands.
 """
 
 from __future__ import annotations
