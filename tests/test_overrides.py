@@ -395,3 +395,15 @@ def test_floats_in_every_python_notation():
     assert load_yaml("tag: 5e3x") == {"tag": "5e3x"}
     defaults = {"train": {"lr": 1e-3, "name": "x"}}
     assert load_config(None, ["train.lr=5e-4"], defaults)["train"]["lr"] == 5e-4
+
+
+def test_the_config_reader_is_a_safe_loader():
+    """Its one addition to yaml.SafeLoader is the float resolver: no Python objects."""
+    import yaml
+
+    from utils.config import ConfigLoader, load_yaml
+
+    assert issubclass(ConfigLoader, yaml.SafeLoader)
+    with pytest.raises(yaml.constructor.ConstructorError):
+        load_yaml("x: !!python/object/apply:os.getcwd []")
+    assert load_yaml("x: [1, {a: b}]") == yaml.safe_load("x: [1, {a: b}]")
