@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cuda = args.device.startswith("cuda")
     # Without CUDA, --list shows the plan of a one-GPU machine with native bf16.
-    plan_only = cuda and not torch.cuda.is_available() and args.list
-    if cuda and not torch.cuda.is_available() and not plan_only:
+    plan_only = cuda and not torch.cuda.is_available()
+    if plan_only and not args.list:
         print(
             "gpu_check: CUDA is not available; use --device cpu --tiny", file=sys.stderr
         )
