@@ -36,7 +36,6 @@ from tqdm import tqdm
 from engine.devices import (
     add_device_argument,
     add_precision_argument,
-    autocast,
     inference_precision,
     resolve_device,
 )
@@ -117,15 +116,15 @@ def evaluate_all(
     variant: str,
     args: argparse.Namespace,
     device: torch.device | None = None,
-    precision: str = "fp32",
     split: str = "test",
 ) -> dict[str, dict[str, Any]]:
     """Score every entry on one test variant (``clean`` or ``noisy``).
 
     Args:
         entries: ``(name, model or None, data_conf)``; ``None`` means the OpenCV
-            method ``name``. Entries whose test sets are the same (same resolved data
-            settings) are scored in one pass over it.
+            method ``name``. A model runs as given (:func:`load_entry` wraps a
+            checkpoint in the runner that applies the precision). Entries whose test
+            sets are the same (same resolved data settings) are scored in one pass.
         args: the protocol (``build_parser`` options).
         split: ``test``, or ``val`` when choosing a recipe.
 
@@ -162,7 +161,7 @@ def evaluate_all(
                     ):
                         scorers[i].add_scored(prim, scored)
                     continue
-                with torch.inference_mode(), autocast(device, precision):
+                with torch.inference_mode():
                     heat = model({"image": batch["image"].to(device)})[
                         "heatmap"
                     ].float()
@@ -266,6 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_entry(
+    checkpoint: str | Path,
+    device: torch.device,
+    precision: str,
+    channels_last: bool = True,
+) -> tuple[str, Any, dict[str, Any]]:
+    """``(run name, runner, data settings)`` of a ``train_superpoint.py`` checkpoint, for
+    :func:`evaluate_all`: the runner applies ``precision`` (resolved) as extraction does,
+    and the data settings are the run's without its training augmentation."""
+    from models import build_model
+    from models.extractor import SuperPointRunner
+    from models.weights import check_and_load_state_dict
+    from utils.io import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise UserError(
+            f"checkpoint '{checkpoint}' was not written by train_superpoint.py"
+        )
+    model = build_model(ckpt["config"]["model"]).eval().to(device)
+    check_and_load_state_dict(model, ckpt["model"], checkpoint)
+    data_conf = dict(ckpt["config"].get("data", {}))
+    data_conf.pop("augmentation", None)
+    runner = SuperPointRunner(model, precision, channels_last, device)
+    return (
+        Path(checkpoint).parent.parent.name or Path(checkpoint).stem,
+        runner,
+        data_conf,
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if not args.checkpoint and not args.methods:
@@ -278,32 +308,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     entries: list[tuple[str, Any, dict]] = []
     for ckpt_path in args.checkpoint:
-        from models import build_model
-        from models.extractor import SuperPointRunner
-        from models.weights import check_and_load_state_dict
-        from utils.io import load_checkpoint
-
-        ckpt = load_checkpoint(ckpt_path)
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-            raise UserError(
-                f"checkpoint '{ckpt_path}' was not written by train_superpoint.py"
-            )
-        model = build_model(ckpt["config"]["model"]).eval().to(device)
-        check_and_load_state_dict(model, ckpt["model"], ckpt_path)
-        data_conf = dict(ckpt["config"].get("data", {}))
-        data_conf.pop("augmentation", None)
+        entry = load_entry(ckpt_path, device, precision, args.channels_last)
         if args.image_size:
-            data_conf["image_size"] = list(args.image_size)
-        # The runner applies the precision, as extraction does (evaluate_all's autocast
-        # stays off).
-        runner = SuperPointRunner(model, precision, args.channels_last, device)
-        entries.append(
-            (
-                Path(ckpt_path).parent.parent.name or Path(ckpt_path).stem,
-                runner,
-                data_conf,
-            )
-        )
+            entry[2]["image_size"] = list(args.image_size)
+        entries.append(entry)
     base = {"image_size": list(args.image_size or (120, 160))}
     if entries and not args.image_size:
         base = {"image_size": entries[0][2].get("image_size", [120, 160])}

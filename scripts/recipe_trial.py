@@ -24,37 +24,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evaluators.synthetic_shapes import build_parser, evaluate_all  # noqa: E402
-from models import build_model  # noqa: E402
-from models.weights import check_and_load_state_dict  # noqa: E402
+from evaluators.synthetic_shapes import (  # noqa: E402
+    build_parser,
+    evaluate_all,
+    load_entry,
+)
 from utils.arguments import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.io import atomic_write_text, load_checkpoint  # noqa: E402
 
 
-def score_on_validation(checkpoint: Path, precision: str = "auto") -> dict:
-    """``{variant: Scorer.results() without the curve}`` of a checkpoint on the val split."""
-    from engine.devices import resolve_device, resolve_precision
+def score_on_validation(checkpoint: Path, precision: str = "fp32") -> dict:
+    """``{variant: Scorer.results() without the curve}`` of a checkpoint on the val split,
+    run as ``evaluation.py synthetic_shapes`` runs it (``--precision``, default fp32)."""
+    from engine.devices import inference_precision, resolve_device
 
-    ckpt = load_checkpoint(checkpoint)
     device = resolve_device("auto")
-    model = build_model(ckpt["config"]["model"]).eval().to(device)
-    check_and_load_state_dict(model, ckpt["model"], checkpoint)
-    data_conf = dict(ckpt["config"]["data"])
-    data_conf.pop("augmentation", None)
+    precision = inference_precision(precision, device, int8="auto")
+    entry = load_entry(checkpoint, device, precision)
     args = build_parser().parse_args(
-        ["--num-images", str(data_conf["split_sizes"]["val"]), "--workers", "1"]
+        ["--num-images", str(entry[2]["split_sizes"]["val"]), "--workers", "1"]
     )
-    out = {"step": ckpt["step"]}
+    out = {"step": load_checkpoint(checkpoint)["step"]}
     for variant in ("clean", "noisy"):
-        res = evaluate_all(
-            [("model", model, data_conf)],
-            variant,
-            args,
-            device,
-            resolve_precision(precision, device),
-            split="val",
-        )["model"]
+        res = evaluate_all([entry], variant, args, device, split="val")[entry[0]]
         out[variant] = {k: v for k, v in res.items() if k != "curve"}
     return out
 

@@ -119,7 +119,7 @@ def test_one_pass_evaluation_equals_one_method_at_a_time():
     entries = [("tiny", model, data_conf)]
     entries += [(m, None, data_conf) for m in ("harris", "shi", "fast")]
     for variant in ("clean", "noisy"):
-        fast = evaluate_all(entries, variant, args, torch.device("cpu"), "fp32")
+        fast = evaluate_all(entries, variant, args, torch.device("cpu"))
         assert list(fast) == ["tiny", "harris", "shi", "fast"]
         for name, net, conf in entries:
             plain = plain_evaluate(name, net, conf, variant, args)
