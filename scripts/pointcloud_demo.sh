@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CPU demo of the LeReS point-cloud module (docs/pointcloud.md), no download:
-#   procedural interiors (training, and held-out ones with another seed; clutter, sensor
-#   effects, FOV prior of real cameras) and the real Middlebury Motorcycle frame that
+#   procedural interiors (training; held-out test and validation ones with other seeds;
+#   clutter, sensor effects, FOV prior of real cameras) and the real Middlebury Motorcycle frame that
 #   scikit-image ships (validation only) -> the focal model -> the shift model ->
 #   evaluation on the held-out scenes and on the real frame (60-degree start, shifts drawn
 #   in [-0.25, 0.8]) -> before/after figures of both.
@@ -14,6 +14,7 @@ OUT=${OUT:-outputs/pointcloud_demo}
 DATA=${DATA:-data/pointclouds}
 TRAIN_SCENES=${TRAIN_SCENES:-2000}
 TEST_SCENES=${TEST_SCENES:-200}
+VAL_SCENES=${VAL_SCENES:-100}  # seed 2, for scripts/pointcloud_study.py (not used here)
 FIGURE=${FIGURE:-$OUT/pointcloud_before_after.png}
 PYTHON=${PYTHON:-python}
 EXTRA=${EXTRA:-}  # more train_3d.py overrides, e.g. "train.max_steps=10" for a smoke run
@@ -24,11 +25,14 @@ trap 'echo "pointcloud_demo: a step failed; last lines of $LOG:" >&2; tail -n 5 
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 
-stamp "procedural scenes: $TRAIN_SCENES for training (seed 0), $TEST_SCENES held out (seed 1)"
+stamp "procedural scenes: $TRAIN_SCENES for training (seed 0), $TEST_SCENES held out (seed 1)," \
+    "$VAL_SCENES for validation (seed 2)"
 $PYTHON data_gen.py pointclouds --procedural "$TRAIN_SCENES" --size 96,128 --seed 0 \
     --out "$DATA/train" 2>>"$LOG" | tail -n 1
 $PYTHON data_gen.py pointclouds --procedural "$TEST_SCENES" --size 96,128 --seed 1 \
     --out "$DATA/test" 2>>"$LOG" | tail -n 1
+$PYTHON data_gen.py pointclouds --procedural "$VAL_SCENES" --size 96,128 --seed 2 \
+    --out "$DATA/val" 2>>"$LOG" | tail -n 1
 $PYTHON data_gen.py pointclouds --motorcycle --out "$DATA/motorcycle" 2>>"$LOG" | tail -n 1
 train_start=$(date +%s)
 for target in focal shift; do
