@@ -252,3 +252,44 @@ def test_bad_inputs_one_line_exit_2_nothing_written(setup, tmp_path, capsys, cas
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_inference_study_table_of_medians(setup, tmp_path):
+    """scripts/pointcloud_study.py: one row per setting; a folder of few maps is run once
+    per real seed and its medians pool those runs; the table shows the pooled medians."""
+    from scripts import pointcloud_study
+
+    root, focal, shift = setup
+    out = tmp_path / "study"
+    argv = ["--focal-model", focal, "--shift-model", shift, "--val", str(root / "test"),
+            "--draws", "1", "2", "--mirror", "no", "--iterations", "1",
+            "--real-seeds", "3", "4", "--out", str(out)]  # fmt: skip
+    assert pointcloud_study.main(argv) == 0
+    results = json.loads((out / "study.json").read_text())
+    assert [r["draws"] for r in results] == [1, 2]
+    rows = []
+    for seed in (3, 4):
+        rows += json.loads(
+            (
+                out / "runs" / "test" / f"d2_n_i1_s{seed}" / "predictions.json"
+            ).read_text()
+        )
+    pooled = results[1]["folders"]["test"]
+    assert pooled["maps"] == 6
+    assert pooled["shift_error"] == pytest.approx(
+        np.median([abs(0.05 - r["true_shift"]) for r in rows])
+    )
+    start = np.median([r["baseline_fov_error"] for r in rows])
+    assert pooled["ratio"] == pytest.approx(
+        np.median([r["fov_error"] for r in rows]) / start
+    )
+    assert (
+        f"{pooled['fov_error']:.2f} ({pooled['ratio']:.2f})"
+        in (out / "study.md").read_text()
+    )
+    few = pointcloud_study.main(
+        argv[:-2] + ["--few", "3", "--out", str(tmp_path / "b")]
+    )
+    assert few == 0
+    many = json.loads((tmp_path / "b" / "study.json").read_text())
+    assert many[0]["folders"]["test"]["maps"] == 3
