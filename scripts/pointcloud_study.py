@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.devices import add_device_argument, add_precision_argument  # noqa: E402
 from evaluators import pointcloud as evaluator  # noqa: E402
 from utils.arguments import ArgumentParser  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
@@ -119,23 +120,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         required=True,
         help="validation data_gen.py pointclouds folders",
     )
-    parser.add_argument("--draws", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument(
-        "--mirror", nargs="+", choices=["no", "yes"], default=["no", "yes"]
+        "--draws", nargs="+", type=int, default=[4, 8, 16], help="draw counts to try"
     )
-    parser.add_argument("--iterations", nargs="+", type=int, default=[1, 2])
+    parser.add_argument(
+        "--mirror",
+        nargs="+",
+        choices=["no", "yes"],
+        default=["no", "yes"],
+        help="mirror settings to try",
+    )
+    parser.add_argument(
+        "--iterations",
+        nargs="+",
+        type=int,
+        default=[1, 2],
+        help="shift-then-focal pass counts to try",
+    )
     parser.add_argument(
         "--distort-shift", default="-0.25,0.8", help="LO,HI as evaluation.py pointcloud"
     )
     parser.add_argument(
         "--few", type=int, default=10, help="folders with fewer maps use --real-seeds"
     )
-    parser.add_argument("--real-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--precision", default="fp32", help="as evaluation.py pointcloud"
+        "--real-seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3, 4],
+        help="seeds of the runs pooled for a folder of few maps",
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
-    parser.add_argument("--out", default="outputs/pointcloud_study")
+    add_device_argument(parser)
+    add_precision_argument(parser, "fp32", note="of the point-cloud networks; no int8")
+    parser.add_argument(
+        "--out", default="outputs/pointcloud_study", help="output folder"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
