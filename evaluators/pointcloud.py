@@ -135,15 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--draws",
         type=int,
-        default=8,
-        help="point samplings of each cloud whose predictions are averaged",
+        default=16,
+        help="point samplings of each cloud whose predictions are averaged (LeReS: 1)",
     )
     parser.add_argument(
         "--mirror",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="every other draw reads the scene's left-right mirror image (same focal "
-        "and shift)",
+        "and shift; LeReS: --no-mirror)",
     )
     parser.add_argument(
         "--iterations",
