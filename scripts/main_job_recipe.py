@@ -76,9 +76,11 @@ def describe(conf: dict[str, Any]) -> str:
     """The recipe in a few words."""
     model, train = conf["model"], conf["train"]
     channels = "-".join(str(c) for c in model["channels"])
+    crop = conf["data"].get("crop")
+    window = f" windows of {crop[0]}x{crop[1]}" if crop else ""
     return (
         f"channels {channels}, heads {model['head_channels']}, "
-        f"{train['max_steps']} steps x {train['batch_size']}, "
+        f"{train['max_steps']} steps x {train['batch_size']}{window}, "
         f"precision {train['precision']}"
     )
 

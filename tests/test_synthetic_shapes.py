@@ -237,6 +237,38 @@ def test_val_split_is_not_augmented_by_default():
     assert torch.equal(a["image"], b["image"])
 
 
+def test_crop_is_a_window_of_the_augmented_sample():
+    whole = S.SyntheticShapes(_conf(augmentation=AUGMENT), "train")
+    cropped = S.SyntheticShapes(_conf(augmentation=AUGMENT, crop=[40, 56]), "train")
+    windows = set()
+    for i in range(len(whole)):
+        full, part = whole[i], cropped[i]
+        assert part["image"].shape == (1, 40, 56)
+        # The crop is drawn after the augmentation: find the window in the whole sample.
+        image = full["image"][0]
+        found = [
+            (top, left)
+            for top in range(64 - 40 + 1)
+            for left in range(96 - 56 + 1)
+            if torch.equal(image[top : top + 40, left : left + 56], part["image"][0])
+        ]
+        assert found, f"sample {i}: the crop is not a window of the augmented image"
+        top, left = found[0]
+        windows.add((top, left))
+        window = (slice(top, top + 40), slice(left, left + 56))
+        assert torch.equal(part["valid_mask"], full["valid_mask"][window])
+        assert torch.equal(part["keypoint_map"], full["keypoint_map"][window])
+        shifted = full["keypoints"] - torch.tensor([left, top], dtype=torch.float32)
+        pixels = torch.round(shifted)
+        inside = (pixels >= 0).all(1) & (pixels[:, 0] <= 55) & (pixels[:, 1] <= 39)
+        assert torch.allclose(part["keypoints"], shifted[inside])
+    assert len(windows) > 1, "every sample got the same window"
+    val = S.SyntheticShapes(_conf(augmentation=AUGMENT, crop=[40, 56]), "val")
+    assert val[0]["image"].shape == (1, 64, 96)  # only augmented splits are cropped
+    with pytest.raises(UserError, match=r"data.crop .*8 <= h <= 64"):
+        S.SyntheticShapes(_conf(crop=[80, 56]), "train")
+
+
 def test_cache_matches_on_the_fly_and_is_worker_independent(tmp_path):
     args = [
         "--size", "64", "96",
