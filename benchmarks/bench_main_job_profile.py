@@ -4,13 +4,14 @@ Each part of the job is timed on a sample in this process, one thread, as CPU se
 (``time.process_time``, which a busy machine disturbs far less than wall time), and scaled
 by how often the job does it: the shape cache (drawing the training and validation
 shapes), per training image the cache read, photometric and homographic augmentation and
-building the sample, per batch the collation, the forward pass with the loss and the
-backward pass with the optimiser step, the validations, the checkpoints, TensorBoard's
-panels, and the evaluation (drawing the clean and noisy test sets, the network, each
-OpenCV baseline with its NMS and matching, scoring the network). It prints each part's
-core-seconds and share of the job, and the job's wall time predicted on 2 cores: the
-core-seconds over 2 cores at ``--parallel-efficiency`` (the 2-thread training step's
-throughput over twice the 1-thread one, 0.95 by default; time it on a quiet machine).
+building the sample (cut to the recipe's ``data.crop`` window, if any), per batch the
+collation, the forward pass with the loss and the backward pass with the optimiser step,
+the validations, the checkpoints, TensorBoard's panels, and the evaluation (drawing the
+clean and noisy test sets, the network, each OpenCV baseline with its NMS and matching,
+scoring the network). It prints each part's core-seconds and share of the job, and the
+job's wall time predicted on 2 cores: the core-seconds over 2 cores at
+``--parallel-efficiency`` (the 2-thread training step's throughput over twice the 1-thread
+one, 0.95 by default; time it on a quiet machine).
 The per-image cost of drawing shapes on the fly is printed too, for comparison with the
 cache.
 
@@ -42,6 +43,7 @@ from datasets.synthetic_shapes import (  # noqa: E402
     augmentation_rng,
     generate_main,
 )
+from datasets.synthetic_shapes.dataset import random_crop  # noqa: E402
 from engine.data import collate  # noqa: E402
 from engine.devices import autocast, resolve_precision  # noqa: E402
 from engine.state import build_optimizer, seed_everything  # noqa: E402
@@ -123,6 +125,10 @@ def data_parts(conf: dict, images: int, profile: Profile, steps: int, batch: int
                 t2 = time.process_time()
                 image, points, mask = dataset.aug.homographic_step(image, points, rng)
                 t3 = time.process_time()
+                if dataset.crop is not None:  # the recipe's training windows
+                    image, points, mask = random_crop(
+                        image, points, mask, dataset.crop, rng
+                    )
                 samples.append(
                     {**keypoint_sample(image, points, mask), "primitive": primitive}
                 )

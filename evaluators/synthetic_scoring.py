@@ -268,6 +268,8 @@ class ScoringSettings:
     correct_distance: float
     loc_threshold: float
     loc_distance: float
+    threshold: float = 0.0  # the networks' detection threshold
+    top_k: int = 0  # the networks' top k (0: all)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ScoringSettings:
@@ -278,6 +280,8 @@ class ScoringSettings:
             args.correct_distance,
             args.loc_threshold,
             args.loc_distance,
+            args.threshold,
+            args.top_k,
         )
 
     def scorer(self) -> Scorer:
@@ -285,18 +289,27 @@ class ScoringSettings:
 
 
 class ClassicalScoring:
-    """Collation of test samples that also scores the OpenCV baselines on the batch.
+    """Collation of test samples that also scores the OpenCV baselines on the batch, and
+    the networks given in ``networks``.
 
-    Runs in the DataLoader workers (``collate_fn``), so the baselines share the cores
-    with the networks in the main process. The batch keeps ``image``, ``primitive`` and
-    ``gt`` (per image ``(M, 2)`` float64 ground truth, (x, y)) and adds ``classical``:
-    ``{method: [ImageScore per image]}``, each method's map through the NMS and the top-k
-    of the networks' maps (:func:`geometry.keypoints.nms_map`, :func:`keep_top_k_map`:
-    the same results, map by map).
+    Runs in the DataLoader workers (``collate_fn``), so on a CPU every worker draws,
+    runs and scores its own batches with one thread, and the main process only pools
+    the scores. The batch keeps ``image``, ``primitive`` and ``gt`` (per image ``(M, 2)``
+    float64 ground truth, (x, y)) and adds ``classical``: ``{method: [ImageScore per
+    image]}``, each method's map through the NMS and the top-k of the networks' maps
+    (:func:`geometry.keypoints.nms_map`, :func:`keep_top_k_map`: the same results, map
+    by map), and ``networks``: ``{name: [ImageScore per image]}`` from
+    :func:`score_network`.
     """
 
-    def __init__(self, methods: Sequence[str], settings: ScoringSettings):
+    def __init__(
+        self,
+        methods: Sequence[str],
+        settings: ScoringSettings,
+        networks: dict[str, Any] | None = None,
+    ):
         self.methods, self.settings = list(methods), settings
+        self.networks = dict(networks or {})
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = collate(samples)
@@ -316,7 +329,33 @@ class ClassicalScoring:
                 heat = keep_top_k_map(heat, conf.classical_top_k)
                 scored.append(scorer.score(heat, gt[b], conf.floor))
             out["classical"][method] = scored
+        out["networks"] = {
+            name: score_network(model, batch["image"], gt, conf)
+            for name, model in self.networks.items()
+        }
         return out
+
+
+def score_network(
+    model: Any,
+    images: torch.Tensor,
+    gt: Sequence[np.ndarray],
+    settings: ScoringSettings,
+    device: torch.device | None = None,
+) -> list[ImageScore]:
+    """Score a network on a batch: its heatmap above ``threshold``, NMS, top-k, then
+    :meth:`Scorer.score` per image. NMS and top-k run map by map on the CPU
+    (:func:`geometry.keypoints.nms_map`, :func:`keep_top_k_map`; the batched
+    :func:`geometry.keypoints.nms` and :func:`keep_top_k` give the same maps, about five
+    times slower on one CPU thread)."""
+    with torch.inference_mode():
+        heat = model({"image": images.to(device)})["heatmap"].float().cpu().numpy()
+    scorer, scored = settings.scorer(), []
+    for b, prob in enumerate(heat):
+        prob = np.where(prob > settings.threshold, prob, np.float32(0))
+        prob = keep_top_k_map(nms_map(prob, settings.nms_radius), settings.top_k)
+        scored.append(scorer.score(prob, gt[b], settings.floor))
+    return scored
 
 
 def one_opencv_thread(_: int) -> None:

@@ -52,9 +52,9 @@ from evaluators.synthetic_scoring import (
     match_detections,
     one_opencv_thread,
     precision_recall,
+    score_network,
     shi_tomasi_response,
 )
-from geometry.keypoints import nms
 from utils.arguments import ArgumentParser
 from utils.config import merge_config
 from utils.errors import UserError, run_cli
@@ -84,7 +84,8 @@ def _test_set(
     data_conf: dict[str, Any], noisy: bool, per_primitive: int, split: str = "test"
 ):
     """The Synthetic Shapes ``split`` a detector trained with ``data_conf`` is scored on:
-    un-warped, photometric augmentation on for the noisy variant, drawn on the fly."""
+    whole images (a training ``crop`` does not apply), un-warped, photometric augmentation
+    on for the noisy variant, drawn on the fly."""
     from datasets.synthetic_shapes import SyntheticShapes
 
     data_conf = {k: v for k, v in data_conf.items() if k != "name"}
@@ -95,6 +96,7 @@ def _test_set(
     if per_primitive > 0:
         conf["split_sizes"][split] = per_primitive
     conf["cache_dir"] = None
+    conf["crop"] = None
     return SyntheticShapes(conf, split)
 
 
@@ -109,6 +111,12 @@ def _worker_context():
         ["evaluators.synthetic_scoring", "datasets.synthetic_shapes"]
     )
     return context
+
+
+def _picklable(model: Any) -> bool:
+    """Whether a runner can go to the loader workers: an int8 runner does not pickle,
+    so it stays in the main process."""
+    return getattr(model, "quantized", None) is None
 
 
 def evaluate_all(
@@ -140,13 +148,22 @@ def evaluate_all(
         groups.setdefault(key, []).append(i)
         datasets.setdefault(key, dataset)
     results: dict[int, dict[str, Any]] = {}
+    # On a CPU with loader workers, the networks run in the workers too (one thread
+    # each, beside the baselines), so the cores are not split between the main
+    # process's threads and the workers; on a GPU they run in the main process.
+    in_workers = args.workers > 0 and (device is None or device.type == "cpu")
     for key, members in groups.items():
         methods = [entries[i][0] for i in members if entries[i][1] is None]
+        networks = {
+            i: entries[i][1]
+            for i in members
+            if entries[i][1] is not None and in_workers and _picklable(entries[i][1])
+        }
         loader = torch.utils.data.DataLoader(
             datasets[key],
             batch_size=args.batch_size,
             num_workers=args.workers,
-            collate_fn=ClassicalScoring(methods, settings),
+            collate_fn=ClassicalScoring(methods, settings, networks),
             worker_init_fn=one_opencv_thread,
             multiprocessing_context=_worker_context() if args.workers else None,
         )
@@ -156,19 +173,15 @@ def evaluate_all(
             for i in members:
                 name, model, _ = entries[i]
                 if model is None:
-                    for prim, scored in zip(
-                        batch["primitive"], batch["classical"][name]
-                    ):
-                        scorers[i].add_scored(prim, scored)
-                    continue
-                with torch.inference_mode():
-                    heat = model({"image": batch["image"].to(device)})[
-                        "heatmap"
-                    ].float()
-                heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
-                heat = keep_top_k(nms(heat, args.nms_radius), args.top_k).cpu().numpy()
-                for b, prim in enumerate(batch["primitive"]):
-                    scorers[i].add(heat[b], batch["gt"][b], prim, args.floor)
+                    scored = batch["classical"][name]
+                elif i in networks:
+                    scored = batch["networks"][i]
+                else:
+                    scored = score_network(
+                        model, batch["image"], batch["gt"], settings, device
+                    )
+                for prim, one in zip(batch["primitive"], scored):
+                    scorers[i].add_scored(prim, one)
         results.update({i: scorers[i].results() for i in members})
     return {entries[i][0]: results[i] for i in range(len(entries))}
 

@@ -57,8 +57,12 @@ def plain_evaluate(method, model, data_conf, variant, args):
     for batch in loader:
         images = batch["image"]
         if model is not None:
+            # One thread, as the evaluator's loader workers run a network on a CPU.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
             with torch.inference_mode():
                 heat = model({"image": images})["heatmap"].float()
+            torch.set_num_threads(threads)
             heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
         else:
             respond = plain_shi if method == "shi" else None
@@ -125,6 +129,16 @@ def test_one_pass_evaluation_equals_one_method_at_a_time():
             plain = plain_evaluate(name, net, conf, variant, args)
             assert_same_results(fast[name], plain)
         assert fast["tiny"]["n_detections"] > 0 and fast["shi"]["n_gt"] > 0
+
+
+def test_test_sets_are_whole_images_whatever_the_training_crop():
+    trained = {"image_size": [64, 96], "crop": [40, 56]}
+    for noisy in (False, True):  # the noisy variant turns augmentation on
+        test = _test_set(trained, noisy, 1)
+        whole = _test_set({"image_size": [64, 96]}, noisy, 1)
+        for i in (0, len(test) - 1):
+            assert test[i]["image"].shape == (1, 64, 96)
+            assert torch.equal(test[i]["image"], whole[i]["image"])
 
 
 def test_entries_with_other_test_sets_are_scored_on_their_own():
