@@ -298,15 +298,15 @@ class ClassicalScoring:
     float64 ground truth, (x, y)) and adds ``classical``: ``{method: [ImageScore per
     image]}``, each method's map through the NMS and the top-k of the networks' maps
     (:func:`geometry.keypoints.nms_map`, :func:`keep_top_k_map`: the same results, map
-    by map), and ``networks``: ``{name: [ImageScore per image]}`` from
-    :func:`score_network`.
+    by map), and ``networks``: ``{key: [ImageScore per image]}`` for each network of
+    ``networks`` (any keys, e.g. the caller's entry indices), from :func:`score_network`.
     """
 
     def __init__(
         self,
         methods: Sequence[str],
         settings: ScoringSettings,
-        networks: dict[str, Any] | None = None,
+        networks: dict[Any, Any] | None = None,
     ):
         self.methods, self.settings = list(methods), settings
         self.networks = dict(networks or {})
@@ -360,5 +360,5 @@ def score_network(
 
 def one_opencv_thread(_: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker."""
-    # Parallelism comes from the worker processes and the main process's network.
+    # Parallelism comes from the worker processes (and a GPU network in the main process).
     cv2.setNumThreads(1)

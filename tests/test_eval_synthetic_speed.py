@@ -60,9 +60,11 @@ def plain_evaluate(method, model, data_conf, variant, args):
             # One thread, as the evaluator's loader workers run a network on a CPU.
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            with torch.inference_mode():
-                heat = model({"image": images})["heatmap"].float()
-            torch.set_num_threads(threads)
+            try:
+                with torch.inference_mode():
+                    heat = model({"image": images})["heatmap"].float()
+            finally:
+                torch.set_num_threads(threads)
             heat = torch.where(heat > args.threshold, heat, torch.zeros_like(heat))
         else:
             respond = plain_shi if method == "shi" else None
