@@ -47,15 +47,14 @@ from datasets.synthetic_shapes.dataset import random_crop  # noqa: E402
 from engine.data import collate  # noqa: E402
 from engine.devices import autocast, resolve_precision  # noqa: E402
 from engine.state import build_optimizer, seed_everything  # noqa: E402
+from evaluators.synthetic_scoring import score_network  # noqa: E402
 from evaluators.synthetic_shapes import (  # noqa: E402
     CLASSICAL,
     ClassicalScoring,
     ScoringSettings,
     _test_set,
     build_parser,
-    keep_top_k,
 )
-from geometry.keypoints import nms  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.arguments import ArgumentParser  # noqa: E402
 from utils.io import atomic_torch_save  # noqa: E402
@@ -257,16 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     model = trained["model"].eval()
     precision = resolve_precision("auto", device)
     images = collate(samples)["image"][:bs]
-    scorer = settings.scorer()
-    gt = np.zeros((0, 2))
+    gt = [np.zeros((0, 2))] * len(images)
 
-    def network() -> None:
-        with torch.inference_mode(), autocast(device, precision):
-            heat = model({"image": images})["heatmap"].float()
-        heat = torch.where(heat > 0.001, heat, torch.zeros_like(heat))
-        heat = keep_top_k(nms(heat, settings.nms_radius), 0).numpy()
-        for b in range(len(heat)):
-            scorer.score(heat[b], gt, settings.floor)
+    def network() -> None:  # as the evaluator's loader workers score a batch
+        with autocast(device, precision):
+            score_network(model, images, gt, settings)
 
     network()
     per_image = cpu_seconds(network, 2) / len(images)
