@@ -36,21 +36,27 @@ from utils.errors import UserError
 Config = dict[str, Any]
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads exponent floats without a dot or sign
-    (``5e-4``, ``1E3``, ``-.5e3``) as floats, like Python's ``float``."""
-
-
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
+_EXPONENT_FLOAT = re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"
 )
 
 
+def _exponent_floats(value: Any) -> Any:
+    """``value`` with every string that is an exponent float without a dot or sign
+    (``5e-4``, ``1E3``, ``-.5e3``, which YAML 1.1 leaves as strings) made a float."""
+    if isinstance(value, str):
+        return float(value.replace("_", "")) if _EXPONENT_FLOAT.match(value) else value
+    if isinstance(value, list):
+        return [_exponent_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {_exponent_floats(k): _exponent_floats(v) for k, v in value.items()}
+    return value
+
+
 def load_yaml(text: Any) -> Any:
-    """``yaml.safe_load`` with :class:`ConfigLoader`'s floats (a string or a file)."""
-    return yaml.load(text, Loader=ConfigLoader)
+    """``yaml.safe_load`` of a string or a file, exponent floats read as Python reads
+    them (a quoted ``"5e-4"`` is a number too)."""
+    return _exponent_floats(yaml.safe_load(text))
 
 
 def _type_name(value: Any) -> str:
